@@ -1,0 +1,270 @@
+//! One target's background schedule: probe every interval (with jitter), apply rise/fall
+//! hysteresis, publish the new [`Health`], and log a transition once, when it happens.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::oracle::Entry;
+use crate::probe::{Outcome, ProbeError, TargetProber};
+use crate::protocol::Reply;
+
+/// How often and how strictly targets are probed.
+#[derive(Clone, Copy, Debug)]
+pub struct PollerConfig {
+    pub interval: Duration,
+    /// Each wait is `interval` scaled by a random factor in `1 ± jitter`, so targets
+    /// registered together spread out while the mean rate stays one probe per interval.
+    pub jitter: f64,
+    /// Consecutive healthy probes that turn a down target up.
+    pub rise: u32,
+    /// Consecutive failed probes that turn an up target down.
+    pub fall: u32,
+    /// Guard on one probe, above the prober's own timeouts.
+    pub probe_deadline: Duration,
+}
+
+/// The cached state of one target, replaced whole after every probe.
+#[derive(Clone, Debug)]
+pub struct Health {
+    pub up: bool,
+    pub last: Outcome,
+    pub probed_at: Instant,
+    pub latency: Duration,
+    pub consecutive_successes: u32,
+    pub consecutive_failures: u32,
+}
+
+impl Health {
+    /// The first result decides the state outright: there is nothing to smooth yet.
+    pub fn first(last: Outcome, probed_at: Instant, latency: Duration) -> Health {
+        let healthy = last.is_healthy();
+        Health {
+            up: healthy,
+            consecutive_successes: healthy as u32,
+            consecutive_failures: !healthy as u32,
+            last,
+            probed_at,
+            latency,
+        }
+    }
+
+    /// The state after one more probe: counts move, and the verdict flips only after
+    /// `rise` healthy or `fall` failed probes in a row.
+    pub fn next(
+        &self,
+        last: Outcome,
+        probed_at: Instant,
+        latency: Duration,
+        rise: u32,
+        fall: u32,
+    ) -> Health {
+        let healthy = last.is_healthy();
+        let (successes, failures) = if healthy {
+            (self.consecutive_successes.saturating_add(1), 0)
+        } else {
+            (0, self.consecutive_failures.saturating_add(1))
+        };
+        let up = if self.up {
+            failures < fall
+        } else {
+            successes >= rise
+        };
+        Health {
+            up,
+            last,
+            probed_at,
+            latency,
+            consecutive_successes: successes,
+            consecutive_failures: failures,
+        }
+    }
+
+    /// The reply for HAProxy. While hysteresis holds a verdict against the last probe,
+    /// the reason says how far the count has got.
+    pub fn reply(&self, rise: u32, fall: u32) -> Reply {
+        let mut reason = self.last.reason();
+        if self.last.is_healthy() {
+            reason.push(' ');
+            reason.push_str(&format_latency(self.latency));
+        }
+        match (self.up, self.last.is_healthy()) {
+            (true, true) | (false, false) => {}
+            (true, false) => {
+                reason.push_str(&format!(" ({}/{fall} to down)", self.consecutive_failures))
+            }
+            (false, true) => {
+                reason.push_str(&format!(" ({}/{rise} to up)", self.consecutive_successes))
+            }
+        }
+        if self.up {
+            Reply::up(reason)
+        } else {
+            Reply::down(reason)
+        }
+    }
+}
+
+/// `0.7ms` below 10 ms, whole milliseconds above.
+pub fn format_latency(latency: Duration) -> String {
+    let ms = latency.as_secs_f64() * 1000.0;
+    if ms < 10.0 {
+        format!("{ms:.1}ms")
+    } else {
+        format!("{ms:.0}ms")
+    }
+}
+
+/// Probes `entry` until its stop handle is triggered (eviction or shutdown). Runs the
+/// first probe at once; never runs two probes of one target together.
+pub async fn run(
+    entry: Arc<Entry>,
+    prober: Arc<dyn TargetProber>,
+    config: PollerConfig,
+    permits: Arc<Semaphore>,
+) {
+    let stop = entry.stop.clone();
+    let mut due = Instant::now();
+    loop {
+        let probed = tokio::select! {
+            _ = stop.triggered() => return,
+            probed = probe_once(prober.as_ref(), config.probe_deadline, &permits) => probed,
+        };
+        let (outcome, started, latency) = probed;
+        publish(&entry, outcome, started + latency, latency, &config);
+        due = next_due(due, config, Instant::now());
+        tokio::select! {
+            _ = stop.triggered() => return,
+            _ = tokio::time::sleep_until(due) => {}
+        }
+    }
+}
+
+async fn probe_once(
+    prober: &dyn TargetProber,
+    deadline: Duration,
+    permits: &Semaphore,
+) -> (Outcome, Instant, Duration) {
+    let _permit = permits
+        .acquire()
+        .await
+        .expect("the probe semaphore is never closed");
+    let started = Instant::now();
+    let outcome = match tokio::time::timeout(deadline, prober.check()).await {
+        Ok(outcome) => outcome,
+        Err(_) => Outcome::Failed(ProbeError::Deadline(deadline)),
+    };
+    (outcome, started, started.elapsed())
+}
+
+/// The next probe is one jittered interval after the previous one was due; a probe that
+/// overran its interval is followed at once rather than by a burst of catch-up probes.
+fn next_due(previous: Instant, config: PollerConfig, now: Instant) -> Instant {
+    let factor = 1.0 + config.jitter * (fastrand::f64() * 2.0 - 1.0);
+    let due = previous + config.interval.mul_f64(factor);
+    due.max(now)
+}
+
+fn publish(
+    entry: &Entry,
+    outcome: Outcome,
+    probed_at: Instant,
+    latency: Duration,
+    config: &PollerConfig,
+) {
+    let previous = entry.health.load_full();
+    let health = match previous.as_deref() {
+        None => Health::first(outcome, probed_at, latency),
+        Some(previous) => previous.next(outcome, probed_at, latency, config.rise, config.fall),
+    };
+    let changed = previous.as_deref().map(|p| p.up) != Some(health.up);
+    if changed {
+        let from = match previous.as_deref() {
+            None => "new",
+            Some(p) if p.up => "up",
+            Some(_) => "down",
+        };
+        let to = if health.up { "up" } else { "down" };
+        tracing::info!(target_line = %entry.target, from, to, reason = %health.last.reason(), "backend state changed");
+    }
+    entry.health.store(Some(Arc::new(health)));
+    if previous.is_none() {
+        entry.first_result.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::ServingStatus;
+
+    fn serving() -> Outcome {
+        Outcome::Answered(ServingStatus::Serving)
+    }
+
+    fn refused() -> Outcome {
+        Outcome::Failed(ProbeError::ConnectionRefused)
+    }
+
+    /// Feeds outcomes through hysteresis (rise 2, fall 3) and returns each reply line.
+    fn check(outcomes: &[Outcome], expected: &[&str]) {
+        let now = Instant::now();
+        let latency = Duration::from_micros(700);
+        let mut health: Option<Health> = None;
+        let mut got = Vec::new();
+        for outcome in outcomes {
+            let next = match &health {
+                None => Health::first(outcome.clone(), now, latency),
+                Some(h) => h.next(outcome.clone(), now, latency, 2, 3),
+            };
+            got.push(next.reply(2, 3).to_line().trim_end().to_string());
+            health = Some(next);
+        }
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn first_result_decides_then_fall_needs_three_failures() {
+        check(
+            &[serving(), refused(), refused(), refused(), refused()],
+            &[
+                "up #SERVING 0.7ms",
+                "up #connection refused (1/3 to down)",
+                "up #connection refused (2/3 to down)",
+                "down #connection refused",
+                "down #connection refused",
+            ],
+        );
+    }
+
+    #[test]
+    fn rise_needs_two_successes_and_a_failure_resets_the_count() {
+        check(
+            &[refused(), serving(), refused(), serving(), serving()],
+            &[
+                "down #connection refused",
+                "down #SERVING 0.7ms (1/2 to up)",
+                "down #connection refused",
+                "down #SERVING 0.7ms (1/2 to up)",
+                "up #SERVING 0.7ms",
+            ],
+        );
+    }
+
+    #[test]
+    fn not_serving_is_a_failure_with_its_own_reason() {
+        check(
+            &[Outcome::Answered(ServingStatus::NotServing)],
+            &["down #NOT_SERVING"],
+        );
+    }
+
+    #[test]
+    fn latency_format() {
+        assert_eq!(format_latency(Duration::from_micros(700)), "0.7ms");
+        assert_eq!(format_latency(Duration::from_micros(9_940)), "9.9ms");
+        assert_eq!(format_latency(Duration::from_millis(12)), "12ms");
+    }
+}

@@ -1,0 +1,121 @@
+//! Asking a backend `grpc.health.v1.Health/Check`: the [`Probe`] seam and its gRPC
+//! implementation. This is the only module that speaks gRPC (and imports tonic).
+
+mod connect;
+mod grpc;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use grpc::{GrpcProbe, ProbeConfig, ProbeSetupError, TlsSettings};
+
+use crate::protocol::Target;
+
+/// The generated `grpc.health.v1` client and server (the server serves tests and examples).
+pub mod pb {
+    #![allow(clippy::all, missing_docs, unreachable_pub)]
+    tonic::include_proto!("grpc.health.v1");
+}
+
+/// A boxed future, so the seam stays object safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Makes per-target probers. Implementations share connections between targets on the same
+/// backend endpoint; dropping every prober of an endpoint releases its connection.
+pub trait Probe: Send + Sync + 'static {
+    fn prober(&self, target: &Target) -> Arc<dyn TargetProber>;
+}
+
+/// Probes one target. Callers never run two checks of one prober at once.
+pub trait TargetProber: Send + Sync + 'static {
+    /// One health check. Implementations bound it by their connect and RPC timeouts.
+    fn check(&self) -> BoxFuture<'_, Outcome>;
+}
+
+/// What one health check found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The backend answered with a serving status.
+    Answered(ServingStatus),
+    /// The check failed before a status came back.
+    Failed(ProbeError),
+}
+
+impl Outcome {
+    /// Only SERVING counts as healthy.
+    pub fn is_healthy(&self) -> bool {
+        matches!(self, Outcome::Answered(ServingStatus::Serving))
+    }
+
+    /// The short reason shown to HAProxy.
+    pub fn reason(&self) -> String {
+        match self {
+            Outcome::Answered(status) => status.to_string(),
+            Outcome::Failed(error) => error.to_string(),
+        }
+    }
+}
+
+/// `HealthCheckResponse.ServingStatus`, with room for values a newer server might send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServingStatus {
+    Unknown,
+    Serving,
+    NotServing,
+    ServiceUnknown,
+    Unrecognized(i32),
+}
+
+impl ServingStatus {
+    pub fn from_wire(value: i32) -> ServingStatus {
+        use pb::health_check_response::ServingStatus as Wire;
+        match Wire::try_from(value) {
+            Ok(Wire::Unknown) => ServingStatus::Unknown,
+            Ok(Wire::Serving) => ServingStatus::Serving,
+            Ok(Wire::NotServing) => ServingStatus::NotServing,
+            Ok(Wire::ServiceUnknown) => ServingStatus::ServiceUnknown,
+            Err(_) => ServingStatus::Unrecognized(value),
+        }
+    }
+}
+
+impl std::fmt::Display for ServingStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServingStatus::Unknown => f.write_str("UNKNOWN"),
+            ServingStatus::Serving => f.write_str("SERVING"),
+            ServingStatus::NotServing => f.write_str("NOT_SERVING"),
+            ServingStatus::ServiceUnknown => f.write_str("SERVICE_UNKNOWN"),
+            ServingStatus::Unrecognized(value) => write!(f, "unknown serving status {value}"),
+        }
+    }
+}
+
+/// Why a check failed. The `Display` text is the reason HAProxy shows, so it stays short.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeError {
+    #[error("dns: {0}")]
+    Dns(String),
+    #[error("connection refused")]
+    ConnectionRefused,
+    #[error("connect timeout {}ms", .0.as_millis())]
+    ConnectTimeout(Duration),
+    #[error("connect: {0}")]
+    Connect(String),
+    #[error("tls: {0}")]
+    Tls(String),
+    #[error("rpc timeout {}ms", .0.as_millis())]
+    RpcTimeout(Duration),
+    /// The server answered with a non-OK gRPC status (e.g. NOT_FOUND, UNIMPLEMENTED).
+    #[error("grpc {code}{}", if .message.is_empty() { String::new() } else { format!(": {}", .message) })]
+    Status { code: String, message: String },
+    #[error("transport: {0}")]
+    Transport(String),
+    /// The check overran every timeout it was given; a guard, not a normal outcome.
+    #[error("probe deadline {}ms exceeded", .0.as_millis())]
+    Deadline(Duration),
+    #[error("invalid target: {0}")]
+    InvalidTarget(String),
+}

@@ -1,0 +1,270 @@
+//! The tonic implementation of [`Probe`]: one lazily connected HTTP/2 channel per backend
+//! endpoint (host, port, tls, authority), shared by every service checked on it.
+
+use std::collections::HashMap;
+use std::error::Error as _;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tonic::Code;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Uri};
+
+use super::connect::{ConnectFailure, ConnectTo};
+use super::pb::HealthCheckRequest;
+use super::pb::health_client::HealthClient;
+use super::{BoxFuture, Outcome, Probe, ProbeError, ServingStatus, TargetProber};
+use crate::protocol::Target;
+
+/// How checks reach backends.
+#[derive(Clone, Debug)]
+pub struct ProbeConfig {
+    /// Bounds name resolution, TCP connect and the TLS handshake, each.
+    pub connect_timeout: Duration,
+    /// Bounds one `Check` call once connected; sent to the server as `grpc-timeout`.
+    pub rpc_timeout: Duration,
+    pub user_agent: String,
+    pub tls: TlsSettings,
+}
+
+/// Which certificate authorities TLS backends are verified against.
+#[derive(Clone, Debug, Default)]
+pub struct TlsSettings {
+    /// PEM bundle trusted in addition to the system roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Errors building the prober, reported at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeSetupError {
+    #[error("cannot read tls ca file {path}: {source}; check the path and permissions")]
+    CaFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid tls settings: {0}")]
+    Tls(String),
+    #[error("invalid user agent {0:?}: use printable ASCII")]
+    UserAgent(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct EndpointKey {
+    host: String,
+    port: u16,
+    tls: bool,
+    authority: String,
+}
+
+/// Checks backends with `grpc.health.v1.Health/Check`.
+pub struct GrpcProbe {
+    config: ProbeConfig,
+    tls: ClientTlsConfig,
+    channels: Mutex<ChannelPool>,
+}
+
+/// Weak handles, so a channel lives exactly as long as some target's prober holds it.
+struct ChannelPool {
+    channels: HashMap<EndpointKey, Weak<Channel>>,
+    prune_at: usize,
+}
+
+impl GrpcProbe {
+    /// Loads the CA file and settles which roots TLS uses. A machine without system roots
+    /// still verifies against the CA file, if one is given.
+    pub fn new(config: ProbeConfig) -> Result<GrpcProbe, ProbeSetupError> {
+        let mut tls = ClientTlsConfig::new().timeout(config.connect_timeout);
+        if let Some(path) = &config.tls.ca_file {
+            let pem = std::fs::read(path).map_err(|source| ProbeSetupError::CaFile {
+                path: path.clone(),
+                source,
+            })?;
+            tls = tls.ca_certificate(Certificate::from_pem(pem));
+        }
+        let probe_endpoint = Endpoint::from_static("https://localhost");
+        let with_roots = tls.clone().with_native_roots();
+        let tls = match probe_endpoint.clone().tls_config(with_roots.clone()) {
+            Ok(_) => with_roots,
+            Err(error) => {
+                tracing::warn!(%error, "no usable system tls roots; tls backends are verified against the tls ca file only");
+                probe_endpoint
+                    .tls_config(tls.clone())
+                    .map_err(|error| ProbeSetupError::Tls(error_chain(&error)))?;
+                tls
+            }
+        };
+        Endpoint::from_static("http://localhost")
+            .user_agent(config.user_agent.clone())
+            .map_err(|_| ProbeSetupError::UserAgent(config.user_agent.clone()))?;
+        Ok(GrpcProbe {
+            config,
+            tls,
+            channels: Mutex::new(ChannelPool {
+                channels: HashMap::new(),
+                prune_at: 64,
+            }),
+        })
+    }
+
+    /// The shared channel for the target's endpoint, made on first use.
+    fn channel(&self, target: &Target) -> Result<Arc<Channel>, ProbeError> {
+        let key = EndpointKey {
+            host: target.host.clone(),
+            port: target.port,
+            tls: target.tls,
+            authority: target.authority.clone(),
+        };
+        let mut pool = self.channels.lock().expect("channel pool lock poisoned");
+        if let Some(channel) = pool.channels.get(&key).and_then(Weak::upgrade) {
+            return Ok(channel);
+        }
+        // Drop handles of released channels now and then, not on every insert.
+        if pool.channels.len() >= pool.prune_at {
+            pool.channels.retain(|_, weak| weak.strong_count() > 0);
+            pool.prune_at = (pool.channels.len() * 2).max(64);
+        }
+        let channel = Arc::new(self.build_channel(&key)?);
+        pool.channels.insert(key, Arc::downgrade(&channel));
+        Ok(channel)
+    }
+
+    fn build_channel(&self, key: &EndpointKey) -> Result<Channel, ProbeError> {
+        let invalid = |error: &dyn std::error::Error| ProbeError::InvalidTarget(error.to_string());
+        let scheme = if key.tls { "https" } else { "http" };
+        // The URI carries the authority (`:authority`, TLS server name); the connector
+        // decides where the bytes go.
+        let uri: Uri = format!("{scheme}://{}", key.authority)
+            .parse()
+            .map_err(|error: tonic::codegen::http::uri::InvalidUri| invalid(&error))?;
+        let mut endpoint = Endpoint::from(uri)
+            .user_agent(self.config.user_agent.clone())
+            .map_err(|error| invalid(&error))?;
+        if key.tls {
+            endpoint = endpoint
+                .tls_config(self.tls.clone())
+                .map_err(|error| ProbeError::Tls(error_chain(&error)))?;
+        }
+        let connect_to = ConnectTo {
+            host: key.host.clone(),
+            port: key.port,
+            timeout: self.config.connect_timeout,
+        };
+        let connector = tower::service_fn(move |_: Uri| connect_to.clone().connect());
+        Ok(endpoint.connect_with_connector_lazy(connector))
+    }
+}
+
+impl Probe for GrpcProbe {
+    fn prober(&self, target: &Target) -> Arc<dyn TargetProber> {
+        Arc::new(GrpcTarget {
+            channel: self.channel(target),
+            service: target.service.clone(),
+            tls: target.tls,
+            connect_timeout: self.config.connect_timeout,
+            rpc_timeout: self.config.rpc_timeout,
+        })
+    }
+}
+
+struct GrpcTarget {
+    channel: Result<Arc<Channel>, ProbeError>,
+    service: String,
+    tls: bool,
+    connect_timeout: Duration,
+    rpc_timeout: Duration,
+}
+
+impl TargetProber for GrpcTarget {
+    fn check(&self) -> BoxFuture<'_, Outcome> {
+        Box::pin(async move {
+            let channel = match &self.channel {
+                Ok(channel) => Channel::clone(channel),
+                Err(error) => return Outcome::Failed(error.clone()),
+            };
+            let mut request = tonic::Request::new(HealthCheckRequest {
+                service: self.service.clone(),
+            });
+            // tonic enforces this on the client too, counted from when the connection is
+            // ready; the outer bound covers a connect that never finishes.
+            request.set_timeout(self.rpc_timeout);
+            let mut client = HealthClient::new(channel);
+            let call = client.check(request);
+            match tokio::time::timeout(self.connect_timeout + self.rpc_timeout, call).await {
+                Err(_) => Outcome::Failed(ProbeError::RpcTimeout(self.rpc_timeout)),
+                Ok(Ok(response)) => {
+                    Outcome::Answered(ServingStatus::from_wire(response.into_inner().status))
+                }
+                Ok(Err(status)) => Outcome::Failed(self.classify(&status)),
+            }
+        })
+    }
+}
+
+impl GrpcTarget {
+    /// Turns a failed call into the most specific reason its error chain supports.
+    fn classify(&self, status: &tonic::Status) -> ProbeError {
+        let mut connecting = false;
+        let mut deepest = None;
+        let mut source = status.source();
+        while let Some(error) = source {
+            if let Some(failure) = error.downcast_ref::<ConnectFailure>() {
+                return match failure {
+                    ConnectFailure::Dns(message) => ProbeError::Dns(message.clone()),
+                    ConnectFailure::Refused => ProbeError::ConnectionRefused,
+                    ConnectFailure::Timeout => ProbeError::ConnectTimeout(self.connect_timeout),
+                    ConnectFailure::Other(error) => ProbeError::Connect(error.to_string()),
+                };
+            }
+            if error.is::<tonic::TimeoutExpired>() {
+                return ProbeError::RpcTimeout(self.rpc_timeout);
+            }
+            connecting |= error.is::<tonic::ConnectError>();
+            deepest = Some(error);
+            source = error.source();
+        }
+        match deepest {
+            // Past the TCP connector, a connect error can only come from the TLS handshake.
+            Some(error) if connecting && self.tls => ProbeError::Tls(error.to_string()),
+            Some(error) if connecting => ProbeError::Connect(error.to_string()),
+            Some(error) => ProbeError::Transport(error.to_string()),
+            None => ProbeError::Status {
+                code: code_name(status.code()).to_string(),
+                message: status.message().to_string(),
+            },
+        }
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+/// The canonical upper-case gRPC name of a status code.
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}

@@ -1,0 +1,290 @@
+//! The agent-check line codec: request bytes → [`Target`], [`Reply`] → reply bytes. Pure, no I/O.
+//!
+//! A request is `<host> <port> <ssl|no-ssl> <authority> [<service>]`, words separated by
+//! spaces or tabs; the line terminator has already been removed by the reader (a trailing
+//! `\r` is tolerated here). A reply is `up` or `down`, optionally followed by ` #<reason>`,
+//! and a newline.
+
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// Longest host name accepted (RFC 1035 limit for a presentation-format name).
+pub const MAX_HOST_LEN: usize = 253;
+/// Longest authority accepted: a host name, a colon and a port.
+pub const MAX_AUTHORITY_LEN: usize = MAX_HOST_LEN + 6;
+/// Longest gRPC service name accepted.
+pub const MAX_SERVICE_LEN: usize = 256;
+/// Longest reason written after `#`; HAProxy shows it in `last_agt`, so keep it short.
+pub const MAX_REASON_LEN: usize = 120;
+/// How much of an offending word an error message quotes.
+const MAX_QUOTED_LEN: usize = 24;
+
+/// One backend health question: which server, how to reach it, which service to ask about.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Target {
+    /// A DNS name, an IPv4 address or an IPv6 address (stored without brackets).
+    pub host: String,
+    pub port: u16,
+    /// `ssl` on the request line: speak TLS to the backend.
+    pub tls: bool,
+    /// The HTTP/2 `:authority` and, with TLS, the server name to verify.
+    pub authority: String,
+    /// The gRPC service name to check; empty means the whole server.
+    pub service: String,
+}
+
+impl Target {
+    /// The request line that asks for this target, without a terminator.
+    pub fn to_request_line(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        let tls = if self.tls { "ssl" } else { "no-ssl" };
+        let mut line = format!("{host} {} {tls} {}", self.port, self.authority);
+        if !self.service.is_empty() {
+            line.push(' ');
+            line.push_str(&self.service);
+        }
+        line
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_request_line())
+    }
+}
+
+/// Why a request line was refused. The `Display` text follows `bad request: ` in the reply.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BadRequest {
+    #[error("empty line")]
+    Empty,
+    #[error("not UTF-8")]
+    NotUtf8,
+    #[error("control character in line")]
+    ControlCharacter,
+    #[error("expected 4 or 5 words (host port ssl|no-ssl authority [service]), got {0}")]
+    WordCount(usize),
+    #[error("invalid host \"{0}\"")]
+    Host(String),
+    #[error("port \"{0}\" is not a number")]
+    PortNotNumber(String),
+    #[error("port {0} out of range (1-65535)")]
+    PortOutOfRange(String),
+    #[error("tls word \"{0}\" must be ssl or no-ssl")]
+    TlsWord(String),
+    #[error("invalid authority \"{0}\"")]
+    Authority(String),
+    #[error("service name longer than {MAX_SERVICE_LEN} bytes")]
+    ServiceTooLong,
+}
+
+/// Parses one request line (terminator removed; a trailing `\r` is ignored).
+pub fn parse_request(line: &[u8]) -> Result<Target, BadRequest> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let line = std::str::from_utf8(line).map_err(|_| BadRequest::NotUtf8)?;
+    if line.chars().any(|c| c.is_control() && c != '\t') {
+        return Err(BadRequest::ControlCharacter);
+    }
+    let words: Vec<&str> = line.split([' ', '\t']).filter(|w| !w.is_empty()).collect();
+    let [host, port, tls, authority, rest @ ..] = words.as_slice() else {
+        return Err(if words.is_empty() {
+            BadRequest::Empty
+        } else {
+            BadRequest::WordCount(words.len())
+        });
+    };
+    let service = match rest {
+        [] => "",
+        [service] => service,
+        _ => return Err(BadRequest::WordCount(words.len())),
+    };
+    if service.len() > MAX_SERVICE_LEN {
+        return Err(BadRequest::ServiceTooLong);
+    }
+    Ok(Target {
+        host: parse_host(host)?,
+        port: parse_port(port)?,
+        tls: parse_tls(tls)?,
+        authority: parse_authority(authority)?,
+        service: service.to_string(),
+    })
+}
+
+fn quote(word: &str) -> String {
+    match word.char_indices().nth(MAX_QUOTED_LEN) {
+        Some((end, _)) => format!("{}...", &word[..end]),
+        None => word.to_string(),
+    }
+}
+
+fn parse_host(word: &str) -> Result<String, BadRequest> {
+    let bad = || BadRequest::Host(quote(word));
+    if let Some(inner) = word.strip_prefix('[') {
+        let inner = inner.strip_suffix(']').ok_or_else(bad)?;
+        return inner
+            .parse::<Ipv6Addr>()
+            .map(|ip| ip.to_string())
+            .map_err(|_| bad());
+    }
+    if word.contains(':') {
+        return word
+            .parse::<Ipv6Addr>()
+            .map(|ip| ip.to_string())
+            .map_err(|_| bad());
+    }
+    // Something made only of digits and dots is meant as an IPv4 address, never a name.
+    if word.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return word
+            .parse::<Ipv4Addr>()
+            .map(|ip| ip.to_string())
+            .map_err(|_| bad());
+    }
+    if is_dns_name(word) {
+        Ok(word.to_ascii_lowercase())
+    } else {
+        Err(bad())
+    }
+}
+
+/// A presentation-format DNS name: labels of letters, digits, `-` and `_` (1-63 bytes,
+/// no leading or trailing `-`), an optional trailing dot, at most [`MAX_HOST_LEN`] bytes.
+fn is_dns_name(word: &str) -> bool {
+    let name = word.strip_suffix('.').unwrap_or(word);
+    !name.is_empty()
+        && name.len() <= MAX_HOST_LEN
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+fn parse_port(word: &str) -> Result<u16, BadRequest> {
+    if word.is_empty() || !word.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(BadRequest::PortNotNumber(quote(word)));
+    }
+    match word.parse::<u16>() {
+        Ok(port) if port != 0 => Ok(port),
+        _ => Err(BadRequest::PortOutOfRange(quote(word))),
+    }
+}
+
+fn parse_tls(word: &str) -> Result<bool, BadRequest> {
+    match word {
+        "ssl" => Ok(true),
+        "no-ssl" => Ok(false),
+        _ => Err(BadRequest::TlsWord(quote(word))),
+    }
+}
+
+/// An authority is `host` or `host:port`, where host is a DNS name, an IPv4 address or a
+/// bracketed IPv6 address. It becomes the `:authority` header and the TLS server name.
+fn parse_authority(word: &str) -> Result<String, BadRequest> {
+    let bad = || BadRequest::Authority(quote(word));
+    if word.len() > MAX_AUTHORITY_LEN {
+        return Err(bad());
+    }
+    let (host, port) = if let Some(rest) = word.strip_prefix('[') {
+        let (inner, after) = rest.split_once(']').ok_or_else(bad)?;
+        inner.parse::<Ipv6Addr>().map_err(|_| bad())?;
+        let port = match after {
+            "" => None,
+            _ => Some(after.strip_prefix(':').ok_or_else(bad)?),
+        };
+        (None, port)
+    } else {
+        match word.split_once(':') {
+            Some((host, port)) => (Some(host), Some(port)),
+            None => (Some(word), None),
+        }
+    };
+    if let Some(host) = host {
+        let is_ipv4 = host.parse::<Ipv4Addr>().is_ok();
+        if !is_ipv4 && !is_dns_name(host) {
+            return Err(bad());
+        }
+    }
+    if let Some(port) = port {
+        parse_port(port).map_err(|_| bad())?;
+    }
+    Ok(word.to_string())
+}
+
+/// What the agent tells HAProxy about a server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Up,
+    Down,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Up => "up",
+            Verdict::Down => "down",
+        }
+    }
+}
+
+/// One reply line: a verdict and the reason HAProxy shows in `last_agt`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub verdict: Verdict,
+    pub reason: String,
+}
+
+impl Reply {
+    pub fn up(reason: impl Into<String>) -> Reply {
+        Reply {
+            verdict: Verdict::Up,
+            reason: reason.into(),
+        }
+    }
+
+    pub fn down(reason: impl Into<String>) -> Reply {
+        Reply {
+            verdict: Verdict::Down,
+            reason: reason.into(),
+        }
+    }
+
+    /// The reply for a refused request line.
+    pub fn bad_request(error: &BadRequest) -> Reply {
+        Reply::down(format!("bad request: {error}"))
+    }
+
+    /// Appends the reply line, newline included. The reason is cut to [`MAX_REASON_LEN`]
+    /// bytes and anything but printable ASCII becomes `?`, so the line stays one line.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.verdict.as_str().as_bytes());
+        if !self.reason.is_empty() {
+            out.extend_from_slice(b" #");
+            out.extend(
+                self.reason
+                    .bytes()
+                    .take(MAX_REASON_LEN)
+                    .map(|b| if (0x20..0x7f).contains(&b) { b } else { b'?' }),
+            );
+        }
+        out.push(b'\n');
+    }
+
+    /// The reply line as a string, newline included.
+    pub fn to_line(&self) -> String {
+        let mut out = Vec::new();
+        self.encode(&mut out);
+        String::from_utf8(out).expect("encode writes ASCII only")
+    }
+}
+
+#[cfg(test)]
+#[path = "protocol_tests.rs"]
+mod tests;

@@ -1,0 +1,175 @@
+//! The agent port: accept HAProxy's connections (bounded, with backoff on accept errors)
+//! and answer each request line in order: read a bounded line → parse → ask → write.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::task::TaskTracker;
+
+use crate::connection::{Connection, Frame};
+use crate::protocol::{self, Reply, Target};
+use crate::shutdown::Shutdown;
+
+/// Answers one parsed request. The oracle is the real one; [`ConstantUp`] is the ceiling
+/// the benchmarks compare it with.
+pub trait Answer: Clone + Send + Sync + 'static {
+    fn answer(&self, target: Target) -> impl Future<Output = Reply> + Send;
+}
+
+/// Answers `up` to everything without looking: the fastest possible agent, used only to
+/// measure what the accept/read/write path alone costs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConstantUp;
+
+impl Answer for ConstantUp {
+    async fn answer(&self, _target: Target) -> Reply {
+        Reply::up("")
+    }
+}
+
+/// The bounds of the agent port.
+#[derive(Clone, Copy, Debug)]
+pub struct ResponderConfig {
+    /// Connections served at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// Longest request line in bytes, terminator excluded.
+    pub max_line: usize,
+    /// How long a client may take to send each line (and to take each reply).
+    pub read_deadline: Duration,
+    /// After shutdown, how long in-flight replies may take before they are abandoned.
+    pub drain_timeout: Duration,
+}
+
+/// First and longest pause after an accept error such as EMFILE.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Serves the agent port until `shutdown`, then stops accepting, lets in-flight replies
+/// finish (up to `drain_timeout`) and returns.
+pub async fn serve<A: Answer>(
+    listener: TcpListener,
+    answer: A,
+    config: ResponderConfig,
+    shutdown: Shutdown,
+) {
+    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let tracker = TaskTracker::new();
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    let mut refusing = false;
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.triggered() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _peer)) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                stream
+            }
+            Err(error) if is_per_connection_error(&error) => continue,
+            Err(error) => {
+                tracing::warn!(%error, pause_ms = backoff.as_millis() as u64, "accept failed; pausing before the next accept");
+                tokio::select! {
+                    _ = shutdown.triggered() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                continue;
+            }
+        };
+        // Closing at once, without a reply, leaves HAProxy's last known state in place;
+        // a `down` here would take healthy servers out because the agent is busy.
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            if !refusing {
+                tracing::warn!(
+                    max_connections = config.max_connections,
+                    "connection limit reached; closing new connections until one frees"
+                );
+                refusing = true;
+            }
+            drop(stream);
+            continue;
+        };
+        if refusing {
+            tracing::info!("below the connection limit again; accepting");
+            refusing = false;
+        }
+        let answer = answer.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(handle(stream, permit, answer, config, shutdown));
+    }
+    drop(listener);
+    tracker.close();
+    if tokio::time::timeout(config.drain_timeout, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            connections = tracker.len(),
+            "drain timeout passed; closing the remaining agent connections"
+        );
+    }
+}
+
+/// Errors that concern only the connection being accepted, not the listener.
+fn is_per_connection_error(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        error.kind(),
+        ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted | WouldBlock
+    )
+}
+
+/// Answers the lines of one connection in order until the client closes, a bound is hit
+/// or shutdown begins. A line already being answered is always answered.
+async fn handle<A: Answer>(
+    stream: TcpStream,
+    _permit: OwnedSemaphorePermit,
+    answer: A,
+    config: ResponderConfig,
+    shutdown: Shutdown,
+) {
+    // Pipelined replies must not wait for Nagle.
+    let _ = stream.set_nodelay(true);
+    let mut connection = Connection::new(stream, config.max_line);
+    loop {
+        let read = tokio::select! {
+            biased;
+            _ = shutdown.triggered() => return,
+            read = tokio::time::timeout(config.read_deadline, connection.read_line()) => read,
+        };
+        let frame = match read {
+            Ok(Ok(frame)) => frame,
+            Ok(Err(_io_error)) => return,
+            Err(_elapsed) => {
+                // An idle client is simply closed; one stuck mid-line is told why.
+                if connection.has_partial_line() {
+                    let reason = format!(
+                        "bad request: no end of line within {}ms",
+                        config.read_deadline.as_millis()
+                    );
+                    let reply = Reply::down(reason);
+                    let write = connection.write_reply(&reply);
+                    let _ = tokio::time::timeout(config.read_deadline, write).await;
+                }
+                return;
+            }
+        };
+        let (reply, close_after) = match frame {
+            Frame::End => return,
+            Frame::TooLong => (Reply::down("request line too long"), true),
+            Frame::Line(line) => match protocol::parse_request(line) {
+                Ok(target) => (answer.answer(target).await, false),
+                Err(error) => (Reply::bad_request(&error), false),
+            },
+        };
+        let written =
+            tokio::time::timeout(config.read_deadline, connection.write_reply(&reply)).await;
+        if close_after || !matches!(written, Ok(Ok(()))) {
+            return;
+        }
+    }
+}
