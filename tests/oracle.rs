@@ -1,0 +1,218 @@
+//! The agent against real tonic health backends, over real sockets: replies, flips,
+//! services, TLS, shared first probes, eviction.
+
+mod support;
+
+use std::time::Duration;
+
+use support::backend::{HealthBackend, Wire};
+use support::*;
+
+const FAST: &[&str] = &["--check-interval", "50ms", "--rise", "1", "--fall", "1", "--check-jitter", "0"];
+
+#[tokio::test]
+async fn serving_backend_is_up_with_latency() {
+    let backend = HealthBackend::start().await;
+    let agent = start_agent(&[]).await;
+    let reply = ask(agent.addr, &line_for(backend.port(), "")).await;
+    assert!(reply.starts_with("up #SERVING "), "{reply:?}");
+    assert!(reply.ends_with("ms\n"), "{reply:?}");
+}
+
+#[tokio::test]
+async fn not_serving_backend_is_down() {
+    let backend = HealthBackend::start().await;
+    backend.set("", Wire::NotServing);
+    let agent = start_agent(&[]).await;
+    assert_eq!(ask(agent.addr, &line_for(backend.port(), "")).await, "down #NOT_SERVING\n");
+}
+
+#[tokio::test]
+async fn unknown_status_is_down() {
+    let backend = HealthBackend::start().await;
+    backend.set("", Wire::Unknown);
+    let agent = start_agent(&[]).await;
+    assert_eq!(ask(agent.addr, &line_for(backend.port(), "")).await, "down #UNKNOWN\n");
+}
+
+#[tokio::test]
+async fn flip_and_flip_back_are_seen_within_a_few_intervals() {
+    let backend = HealthBackend::start().await;
+    let agent = start_agent(FAST).await;
+    let line = line_for(backend.port(), "");
+    assert!(ask(agent.addr, &line).await.starts_with("up #SERVING"));
+    backend.set("", Wire::NotServing);
+    reply_becomes(agent.addr, &line, "down #NOT_SERVING", Duration::from_secs(5)).await;
+    backend.set("", Wire::Serving);
+    reply_becomes(agent.addr, &line, "up #SERVING", Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn hysteresis_holds_up_until_fall_failures() {
+    let backend = HealthBackend::start().await;
+    let agent = start_agent(&["--check-interval", "50ms", "--rise", "2", "--fall", "3"]).await;
+    let line = line_for(backend.port(), "");
+    assert!(ask(agent.addr, &line).await.starts_with("up #SERVING"));
+    backend.set("", Wire::NotServing);
+    // Between the first failure and the third the agent still says up, and says why.
+    let held = reply_becomes(agent.addr, &line, "up #NOT_SERVING (", Duration::from_secs(5)).await;
+    assert!(held.ends_with("/3 to down)\n"), "{held:?}");
+    reply_becomes(agent.addr, &line, "down #NOT_SERVING", Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn unreachable_port_is_down_with_connection_refused() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let agent = start_agent(&[]).await;
+    assert_eq!(ask(agent.addr, &line_for(port, "")).await, "down #connection refused\n");
+}
+
+#[tokio::test]
+async fn services_known_and_unknown() {
+    let backend = HealthBackend::start().await;
+    backend.set("shop.Cart", Wire::Serving);
+    backend.set("shop.Payments", Wire::NotServing);
+    let agent = start_agent(&[]).await;
+    let port = backend.port();
+    assert!(ask(agent.addr, &line_for(port, "shop.Cart")).await.starts_with("up #SERVING"));
+    assert_eq!(ask(agent.addr, &line_for(port, "shop.Payments")).await, "down #NOT_SERVING\n");
+    assert_eq!(
+        ask(agent.addr, &line_for(port, "shop.Nope")).await,
+        "down #grpc NOT_FOUND: unknown service shop.Nope\n"
+    );
+    // Three services on one endpoint share one connection.
+    assert_eq!(backend.open_connections(), 1);
+}
+
+#[tokio::test]
+async fn backend_without_health_service_is_down_unimplemented() {
+    // A gRPC server that serves nothing: every call ends at once with UNIMPLEMENTED.
+    use tonic::codegen::http;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let nothing = tower::service_fn(|_request: http::Request<tonic::body::Body>| async {
+        let response = http::Response::builder()
+            .header("content-type", "application/grpc")
+            .header("grpc-status", "12")
+            .body(tonic::body::Body::empty())
+            .unwrap();
+        Ok::<_, std::convert::Infallible>(response)
+    });
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tokio::spawn(tonic::transport::Server::builder().serve_with_incoming(nothing, incoming));
+    let agent = start_agent(&[]).await;
+    let reply = ask(agent.addr, &line_for(port, "")).await;
+    assert!(reply.starts_with("down #grpc UNIMPLEMENTED"), "{reply:?}");
+}
+
+#[tokio::test]
+async fn tls_backend_verified_against_the_authority() {
+    let pki = TestPki::new(&["backend.test"]);
+    let dir = std::env::temp_dir().join(format!("hga-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, &pki.ca_pem).unwrap();
+    let backend = HealthBackend::start_tls(&pki.cert_pem, &pki.key_pem).await;
+    let agent = start_agent(&["--tls-ca-file", ca_file.to_str().unwrap()]).await;
+    let port = backend.port();
+
+    let good = ask(agent.addr, &format!("127.0.0.1 {port} ssl backend.test")).await;
+    assert!(good.starts_with("up #SERVING"), "{good:?}");
+    let wrong_name = ask(agent.addr, &format!("127.0.0.1 {port} ssl other.test")).await;
+    assert!(wrong_name.starts_with("down #tls: "), "{wrong_name:?}");
+    assert!(wrong_name.contains("certificate"), "{wrong_name:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn tls_backend_with_an_untrusted_ca_is_down() {
+    let pki = TestPki::new(&["backend.test"]);
+    let backend = HealthBackend::start_tls(&pki.cert_pem, &pki.key_pem).await;
+    let agent = start_agent(&[]).await;
+    let reply = ask(agent.addr, &format!("127.0.0.1 {} ssl backend.test", backend.port())).await;
+    assert!(reply.starts_with("down #tls: "), "{reply:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_requests_share_one_probe() {
+    let backend = HealthBackend::start().await;
+    // A long interval: any second Check in this test would be a duplicate first probe.
+    let agent = start_agent(&["--check-interval", "60s", "--max-connections", "1000"]).await;
+    let line = line_for(backend.port(), "");
+    let asks: Vec<_> = (0..200)
+        .map(|_| {
+            let line = line.clone();
+            let addr = agent.addr;
+            tokio::spawn(async move { ask(addr, &line).await })
+        })
+        .collect();
+    for ask in asks {
+        let reply = ask.await.unwrap();
+        assert!(reply.starts_with("up #SERVING"), "{reply:?}");
+    }
+    assert_eq!(backend.checks(""), 1);
+}
+
+#[tokio::test]
+async fn idle_target_is_evicted_and_no_longer_probed() {
+    let backend = HealthBackend::start().await;
+    let agent = start_agent(&["--check-interval", "50ms", "--idle-ttl", "300ms"]).await;
+    assert!(ask(agent.addr, &line_for(backend.port(), "")).await.starts_with("up"));
+    eventually(Duration::from_secs(10), "the idle target is evicted", || async { agent.oracle.is_empty() }).await;
+    // Eviction stops the poller and releases its channel, which closes the connection.
+    eventually(Duration::from_secs(10), "the backend connection closes", || async {
+        backend.open_connections() == 0
+    })
+    .await;
+    let after_eviction = backend.checks("");
+    assert!(after_eviction >= 2, "the target was polled while registered");
+    // Watch for five intervals: nothing probes the backend any more.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(backend.checks(""), after_eviction);
+}
+
+#[tokio::test]
+async fn asked_targets_stay_registered() {
+    let backend = HealthBackend::start().await;
+    let agent = start_agent(&["--check-interval", "50ms", "--idle-ttl", "300ms"]).await;
+    let line = line_for(backend.port(), "");
+    // Asking every 100 ms for 1 s keeps a 300 ms idle TTL from expiring.
+    for _ in 0..10 {
+        assert!(ask(agent.addr, &line).await.starts_with("up"));
+        assert_eq!(agent.oracle.len(), 1);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn target_limit_answers_down() {
+    let backend = HealthBackend::start().await;
+    backend.set("a", Wire::Serving);
+    backend.set("b", Wire::Serving);
+    let agent = start_agent(&["--max-targets", "1"]).await;
+    assert!(ask(agent.addr, &line_for(backend.port(), "a")).await.starts_with("up"));
+    assert_eq!(ask(agent.addr, &line_for(backend.port(), "b")).await, "down #target limit reached (1)\n");
+}
+
+#[tokio::test]
+async fn silent_backend_answers_first_probe_pending_then_rpc_timeout() {
+    // Accepts TCP and never speaks HTTP/2.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            open.push(stream);
+        }
+    });
+    let agent = start_agent(&["--miss-timeout", "200ms", "--grpc-rpc-timeout", "300ms", "--fall", "1"]).await;
+    let line = line_for(port, "");
+    let started = std::time::Instant::now();
+    assert_eq!(ask(agent.addr, &line).await, "down #first probe pending\n");
+    assert!(started.elapsed() < Duration::from_millis(1000), "a miss waits only the miss timeout");
+    let reply = reply_becomes(agent.addr, &line, "down #rpc timeout", Duration::from_secs(5)).await;
+    assert_eq!(reply, "down #rpc timeout 300ms\n");
+    held.abort();
+}

@@ -1,0 +1,174 @@
+//! A gRPC health backend for tests, examples and benchmarks: serves
+//! `grpc.health.v1.Health` on 127.0.0.1 (plaintext or TLS), lets the caller set each
+//! service's status while running, and counts the Check calls and open connections it sees.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use haproxy_grpc_agent::probe::pb::health_check_response::ServingStatus;
+use haproxy_grpc_agent::probe::pb::health_server::{Health, HealthServer};
+use haproxy_grpc_agent::probe::pb::{HealthCheckRequest, HealthCheckResponse};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_stream::StreamExt;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::{Request, Response, Status};
+
+pub use haproxy_grpc_agent::probe::pb::health_check_response::ServingStatus as Wire;
+
+#[derive(Default)]
+struct Shared {
+    /// Status per service name; a name missing here is answered NOT_FOUND.
+    statuses: Mutex<HashMap<String, ServingStatus>>,
+    checks: Mutex<HashMap<String, u64>>,
+    total_checks: AtomicU64,
+    open_connections: AtomicUsize,
+}
+
+#[derive(Clone)]
+struct Service(Arc<Shared>);
+
+#[tonic::async_trait]
+impl Health for Service {
+    async fn check(&self, request: Request<HealthCheckRequest>) -> Result<Response<HealthCheckResponse>, Status> {
+        let service = request.into_inner().service;
+        self.0.total_checks.fetch_add(1, Ordering::Relaxed);
+        *self.0.checks.lock().unwrap().entry(service.clone()).or_default() += 1;
+        let status = self.0.statuses.lock().unwrap().get(&service).copied();
+        match status {
+            Some(status) => Ok(Response::new(HealthCheckResponse { status: status as i32 })),
+            None => Err(Status::not_found(format!("unknown service {service}"))),
+        }
+    }
+
+    type WatchStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
+
+    async fn watch(&self, _request: Request<HealthCheckRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        Err(Status::unimplemented("watch is not served by this backend"))
+    }
+}
+
+/// A running health backend; stops when dropped.
+pub struct HealthBackend {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl HealthBackend {
+    /// Serves plaintext on 127.0.0.1, port chosen by the system; the whole server ("")
+    /// starts SERVING.
+    pub async fn start() -> HealthBackend {
+        HealthBackend::start_on("127.0.0.1:0".parse().unwrap(), None).await
+    }
+
+    /// Serves TLS with the given PEM certificate chain and key.
+    pub async fn start_tls(cert_pem: &str, key_pem: &str) -> HealthBackend {
+        let identity = Identity::from_pem(cert_pem, key_pem);
+        HealthBackend::start_on("127.0.0.1:0".parse().unwrap(), Some(identity)).await
+    }
+
+    pub async fn start_on(addr: SocketAddr, tls: Option<Identity>) -> HealthBackend {
+        let listener = TcpListener::bind(addr).await.expect("bind health backend");
+        let addr = listener.local_addr().unwrap();
+        let shared = Arc::new(Shared::default());
+        shared.statuses.lock().unwrap().insert(String::new(), ServingStatus::Serving);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let counted = Arc::clone(&shared);
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(move |stream| {
+            stream.map(|stream| CountedStream::new(stream, Arc::clone(&counted)))
+        });
+        let mut builder = Server::builder();
+        if let Some(identity) = tls {
+            builder = builder.tls_config(ServerTlsConfig::new().identity(identity)).expect("tls config");
+        }
+        let service = HealthServer::new(Service(Arc::clone(&shared)));
+        tokio::spawn(async move {
+            let stopped = async {
+                let _ = stopped.await;
+            };
+            let _ = builder.serve_with_incoming_shutdown(service, incoming, stopped).await;
+        });
+        HealthBackend { addr, shared, _stop: stop }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Sets a service's status ("" is the whole server).
+    pub fn set(&self, service: &str, status: ServingStatus) {
+        self.shared.statuses.lock().unwrap().insert(service.to_string(), status);
+    }
+
+    /// Makes a service unknown: Check answers NOT_FOUND.
+    pub fn forget(&self, service: &str) {
+        self.shared.statuses.lock().unwrap().remove(service);
+    }
+
+    /// Check calls received for one service.
+    pub fn checks(&self, service: &str) -> u64 {
+        self.shared.checks.lock().unwrap().get(service).copied().unwrap_or(0)
+    }
+
+    /// Check calls received for every service together.
+    pub fn total_checks(&self) -> u64 {
+        self.shared.total_checks.load(Ordering::Relaxed)
+    }
+
+    /// TCP connections currently open to this backend.
+    pub fn open_connections(&self) -> usize {
+        self.shared.open_connections.load(Ordering::Relaxed)
+    }
+}
+
+/// A TCP stream that keeps the backend's open-connection count.
+struct CountedStream {
+    inner: TcpStream,
+    shared: Arc<Shared>,
+}
+
+impl CountedStream {
+    fn new(inner: TcpStream, shared: Arc<Shared>) -> CountedStream {
+        shared.open_connections.fetch_add(1, Ordering::Relaxed);
+        CountedStream { inner, shared }
+    }
+}
+
+impl Drop for CountedStream {
+    fn drop(&mut self) {
+        self.shared.open_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Connected for CountedStream {
+    type ConnectInfo = TcpConnectInfo;
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+impl AsyncRead for CountedStream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for CountedStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

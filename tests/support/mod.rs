@@ -1,0 +1,124 @@
+//! Test support: the agent started in-process on 127.0.0.1:0, a line client that speaks
+//! to it like HAProxy does, a test CA, and polling with a deadline.
+
+#![allow(dead_code)]
+
+pub mod backend;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use haproxy_grpc_agent::App;
+use haproxy_grpc_agent::config::Cli;
+use haproxy_grpc_agent::oracle::Oracle;
+use haproxy_grpc_agent::shutdown::Shutdown;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A running agent; shut down when dropped.
+pub struct Agent {
+    pub addr: SocketAddr,
+    pub oracle: Oracle,
+    pub shutdown: Shutdown,
+    pub serving: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+/// Starts the agent on 127.0.0.1:0 with `flags` on top of the defaults.
+pub async fn start_agent(flags: &[&str]) -> Agent {
+    let mut args = vec!["haproxy-grpc-agent", "--server-bind", "127.0.0.1", "--server-port", "0"];
+    args.extend_from_slice(flags);
+    let settings = Cli::try_parse_from(args).expect("flags parse").validate().expect("flags are valid");
+    let shutdown = Shutdown::new();
+    let app = App::bind(settings, shutdown.clone()).await.expect("agent starts");
+    let addr = app.agent_addr();
+    let oracle = app.oracle().clone();
+    let serving = tokio::spawn(app.run());
+    Agent { addr, oracle, shutdown, serving }
+}
+
+/// One request the way HAProxy makes it: connect, send the line, read one reply line.
+pub async fn ask(addr: SocketAddr, line: &str) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect to agent");
+    stream.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+    read_reply(&mut stream).await
+}
+
+/// Reads up to and including one newline; an empty string means the agent closed.
+pub async fn read_reply(stream: &mut TcpStream) -> String {
+    let mut reply = Vec::new();
+    let mut byte = [0u8; 1];
+    while stream.read(&mut byte).await.expect("read reply") == 1 {
+        reply.push(byte[0]);
+        if byte[0] == b'\n' {
+            break;
+        }
+    }
+    String::from_utf8(reply).expect("replies are ASCII")
+}
+
+/// The request line for a plaintext target on 127.0.0.1.
+pub fn line_for(port: u16, service: &str) -> String {
+    format!("127.0.0.1 {port} no-ssl localhost {service}").trim_end().to_string()
+}
+
+/// Polls `condition` every 20 ms until it holds; panics with `what` after `within`.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if condition().await {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {within:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls the agent until its reply for `line` starts with `prefix`; returns that reply.
+pub async fn reply_becomes(addr: SocketAddr, line: &str, prefix: &str, within: Duration) -> String {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let last = ask(addr, line).await;
+        if last.starts_with(prefix) {
+            return last;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("reply to {line:?} did not become {prefix:?} within {within:?}; last {last:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A CA made at test time and a server certificate it signed.
+pub struct TestPki {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl TestPki {
+    /// A CA and a leaf certificate valid for `names`.
+    pub fn new(names: &[&str]) -> TestPki {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let leaf = CertificateParams::new(names).unwrap().signed_by(&leaf_key, &ca).unwrap();
+        TestPki { ca_pem: ca.pem(), cert_pem: leaf.pem(), key_pem: leaf_key.serialize_pem() }
+    }
+}
