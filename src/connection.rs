@@ -98,6 +98,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 }
 
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    /// Closes after a final reply without losing it. Closing a socket with unread input
+    /// makes the kernel send a reset, which can destroy the reply before the client reads
+    /// it; so send FIN first and discard what still arrives, up to `DISCARD_LIMIT` bytes
+    /// or `within`, whichever comes first.
+    pub async fn close_after_reply(mut self, within: std::time::Duration) {
+        const DISCARD_LIMIT: usize = 1 << 20;
+        if self.stream.shutdown().await.is_err() {
+            return;
+        }
+        let discard = async {
+            let mut discarded = 0;
+            while discarded < DISCARD_LIMIT {
+                match self.stream.read(&mut self.buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(read) => discarded += read,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(within, discard).await;
+    }
+}
+
 fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
     haystack.iter().position(|&b| b == needle)
 }

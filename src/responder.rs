@@ -43,6 +43,10 @@ pub struct ResponderConfig {
     pub drain_timeout: Duration,
 }
 
+/// How long a connection closed after a final reply keeps draining input so the reply
+/// is not lost to a reset.
+const LINGER: Duration = Duration::from_secs(1);
+
 /// First and longest pause after an accept error such as EMFILE.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -153,7 +157,9 @@ async fn handle<A: Answer>(
                     );
                     let reply = Reply::down(reason);
                     let write = connection.write_reply(&reply);
-                    let _ = tokio::time::timeout(config.read_deadline, write).await;
+                    if let Ok(Ok(())) = tokio::time::timeout(config.read_deadline, write).await {
+                        connection.close_after_reply(LINGER).await;
+                    }
                 }
                 return;
             }
@@ -168,8 +174,10 @@ async fn handle<A: Answer>(
         };
         let written =
             tokio::time::timeout(config.read_deadline, connection.write_reply(&reply)).await;
-        if close_after || !matches!(written, Ok(Ok(()))) {
-            return;
+        match written {
+            Ok(Ok(())) if close_after => return connection.close_after_reply(LINGER).await,
+            Ok(Ok(())) => {}
+            _ => return,
         }
     }
 }

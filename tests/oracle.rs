@@ -8,7 +8,16 @@ use std::time::Duration;
 use support::backend::{HealthBackend, Wire};
 use support::*;
 
-const FAST: &[&str] = &["--check-interval", "50ms", "--rise", "1", "--fall", "1", "--check-jitter", "0"];
+const FAST: &[&str] = &[
+    "--check-interval",
+    "50ms",
+    "--rise",
+    "1",
+    "--fall",
+    "1",
+    "--check-jitter",
+    "0",
+];
 
 #[tokio::test]
 async fn serving_backend_is_up_with_latency() {
@@ -24,7 +33,10 @@ async fn not_serving_backend_is_down() {
     let backend = HealthBackend::start().await;
     backend.set("", Wire::NotServing);
     let agent = start_agent(&[]).await;
-    assert_eq!(ask(agent.addr, &line_for(backend.port(), "")).await, "down #NOT_SERVING\n");
+    assert_eq!(
+        ask(agent.addr, &line_for(backend.port(), "")).await,
+        "down #NOT_SERVING\n"
+    );
 }
 
 #[tokio::test]
@@ -32,7 +44,10 @@ async fn unknown_status_is_down() {
     let backend = HealthBackend::start().await;
     backend.set("", Wire::Unknown);
     let agent = start_agent(&[]).await;
-    assert_eq!(ask(agent.addr, &line_for(backend.port(), "")).await, "down #UNKNOWN\n");
+    assert_eq!(
+        ask(agent.addr, &line_for(backend.port(), "")).await,
+        "down #UNKNOWN\n"
+    );
 }
 
 #[tokio::test]
@@ -42,7 +57,13 @@ async fn flip_and_flip_back_are_seen_within_a_few_intervals() {
     let line = line_for(backend.port(), "");
     assert!(ask(agent.addr, &line).await.starts_with("up #SERVING"));
     backend.set("", Wire::NotServing);
-    reply_becomes(agent.addr, &line, "down #NOT_SERVING", Duration::from_secs(5)).await;
+    reply_becomes(
+        agent.addr,
+        &line,
+        "down #NOT_SERVING",
+        Duration::from_secs(5),
+    )
+    .await;
     backend.set("", Wire::Serving);
     reply_becomes(agent.addr, &line, "up #SERVING", Duration::from_secs(5)).await;
 }
@@ -55,9 +76,21 @@ async fn hysteresis_holds_up_until_fall_failures() {
     assert!(ask(agent.addr, &line).await.starts_with("up #SERVING"));
     backend.set("", Wire::NotServing);
     // Between the first failure and the third the agent still says up, and says why.
-    let held = reply_becomes(agent.addr, &line, "up #NOT_SERVING (", Duration::from_secs(5)).await;
+    let held = reply_becomes(
+        agent.addr,
+        &line,
+        "up #NOT_SERVING (",
+        Duration::from_secs(5),
+    )
+    .await;
     assert!(held.ends_with("/3 to down)\n"), "{held:?}");
-    reply_becomes(agent.addr, &line, "down #NOT_SERVING", Duration::from_secs(5)).await;
+    reply_becomes(
+        agent.addr,
+        &line,
+        "down #NOT_SERVING",
+        Duration::from_secs(5),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -66,7 +99,10 @@ async fn unreachable_port_is_down_with_connection_refused() {
     let port = listener.local_addr().unwrap().port();
     drop(listener);
     let agent = start_agent(&[]).await;
-    assert_eq!(ask(agent.addr, &line_for(port, "")).await, "down #connection refused\n");
+    assert_eq!(
+        ask(agent.addr, &line_for(port, "")).await,
+        "down #connection refused\n"
+    );
 }
 
 #[tokio::test]
@@ -76,8 +112,15 @@ async fn services_known_and_unknown() {
     backend.set("shop.Payments", Wire::NotServing);
     let agent = start_agent(&[]).await;
     let port = backend.port();
-    assert!(ask(agent.addr, &line_for(port, "shop.Cart")).await.starts_with("up #SERVING"));
-    assert_eq!(ask(agent.addr, &line_for(port, "shop.Payments")).await, "down #NOT_SERVING\n");
+    assert!(
+        ask(agent.addr, &line_for(port, "shop.Cart"))
+            .await
+            .starts_with("up #SERVING")
+    );
+    assert_eq!(
+        ask(agent.addr, &line_for(port, "shop.Payments")).await,
+        "down #NOT_SERVING\n"
+    );
     assert_eq!(
         ask(agent.addr, &line_for(port, "shop.Nope")).await,
         "down #grpc NOT_FOUND: unknown service shop.Nope\n"
@@ -131,7 +174,11 @@ async fn tls_backend_with_an_untrusted_ca_is_down() {
     let pki = TestPki::new(&["backend.test"]);
     let backend = HealthBackend::start_tls(&pki.cert_pem, &pki.key_pem).await;
     let agent = start_agent(&[]).await;
-    let reply = ask(agent.addr, &format!("127.0.0.1 {} ssl backend.test", backend.port())).await;
+    let reply = ask(
+        agent.addr,
+        &format!("127.0.0.1 {} ssl backend.test", backend.port()),
+    )
+    .await;
     assert!(reply.starts_with("down #tls: "), "{reply:?}");
 }
 
@@ -159,15 +206,29 @@ async fn concurrent_first_requests_share_one_probe() {
 async fn idle_target_is_evicted_and_no_longer_probed() {
     let backend = HealthBackend::start().await;
     let agent = start_agent(&["--check-interval", "50ms", "--idle-ttl", "300ms"]).await;
-    assert!(ask(agent.addr, &line_for(backend.port(), "")).await.starts_with("up"));
-    eventually(Duration::from_secs(10), "the idle target is evicted", || async { agent.oracle.is_empty() }).await;
+    assert!(
+        ask(agent.addr, &line_for(backend.port(), ""))
+            .await
+            .starts_with("up")
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the idle target is evicted",
+        || async { agent.oracle.is_empty() },
+    )
+    .await;
     // Eviction stops the poller and releases its channel, which closes the connection.
-    eventually(Duration::from_secs(10), "the backend connection closes", || async {
-        backend.open_connections() == 0
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the backend connection closes",
+        || async { backend.open_connections() == 0 },
+    )
     .await;
     let after_eviction = backend.checks("");
-    assert!(after_eviction >= 2, "the target was polled while registered");
+    assert!(
+        after_eviction >= 2,
+        "the target was polled while registered"
+    );
     // Watch for five intervals: nothing probes the backend any more.
     tokio::time::sleep(Duration::from_millis(250)).await;
     assert_eq!(backend.checks(""), after_eviction);
@@ -192,8 +253,15 @@ async fn target_limit_answers_down() {
     backend.set("a", Wire::Serving);
     backend.set("b", Wire::Serving);
     let agent = start_agent(&["--max-targets", "1"]).await;
-    assert!(ask(agent.addr, &line_for(backend.port(), "a")).await.starts_with("up"));
-    assert_eq!(ask(agent.addr, &line_for(backend.port(), "b")).await, "down #target limit reached (1)\n");
+    assert!(
+        ask(agent.addr, &line_for(backend.port(), "a"))
+            .await
+            .starts_with("up")
+    );
+    assert_eq!(
+        ask(agent.addr, &line_for(backend.port(), "b")).await,
+        "down #target limit reached (1)\n"
+    );
 }
 
 #[tokio::test]
@@ -207,12 +275,29 @@ async fn silent_backend_answers_first_probe_pending_then_rpc_timeout() {
             open.push(stream);
         }
     });
-    let agent = start_agent(&["--miss-timeout", "200ms", "--grpc-rpc-timeout", "300ms", "--fall", "1"]).await;
+    let agent = start_agent(&[
+        "--miss-timeout",
+        "200ms",
+        "--grpc-rpc-timeout",
+        "300ms",
+        "--fall",
+        "1",
+    ])
+    .await;
     let line = line_for(port, "");
     let started = std::time::Instant::now();
     assert_eq!(ask(agent.addr, &line).await, "down #first probe pending\n");
-    assert!(started.elapsed() < Duration::from_millis(1000), "a miss waits only the miss timeout");
-    let reply = reply_becomes(agent.addr, &line, "down #rpc timeout", Duration::from_secs(5)).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "a miss waits only the miss timeout"
+    );
+    let reply = reply_becomes(
+        agent.addr,
+        &line,
+        "down #rpc timeout",
+        Duration::from_secs(5),
+    )
+    .await;
     assert_eq!(reply, "down #rpc timeout 300ms\n");
     held.abort();
 }

@@ -37,20 +37,35 @@ struct Service(Arc<Shared>);
 
 #[tonic::async_trait]
 impl Health for Service {
-    async fn check(&self, request: Request<HealthCheckRequest>) -> Result<Response<HealthCheckResponse>, Status> {
+    async fn check(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
         let service = request.into_inner().service;
         self.0.total_checks.fetch_add(1, Ordering::Relaxed);
-        *self.0.checks.lock().unwrap().entry(service.clone()).or_default() += 1;
+        *self
+            .0
+            .checks
+            .lock()
+            .unwrap()
+            .entry(service.clone())
+            .or_default() += 1;
         let status = self.0.statuses.lock().unwrap().get(&service).copied();
         match status {
-            Some(status) => Ok(Response::new(HealthCheckResponse { status: status as i32 })),
+            Some(status) => Ok(Response::new(HealthCheckResponse {
+                status: status as i32,
+            })),
             None => Err(Status::not_found(format!("unknown service {service}"))),
         }
     }
 
-    type WatchStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
+    type WatchStream =
+        Pin<Box<dyn tokio_stream::Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
 
-    async fn watch(&self, _request: Request<HealthCheckRequest>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        _request: Request<HealthCheckRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         Err(Status::unimplemented("watch is not served by this backend"))
     }
 }
@@ -79,24 +94,37 @@ impl HealthBackend {
         let listener = TcpListener::bind(addr).await.expect("bind health backend");
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared::default());
-        shared.statuses.lock().unwrap().insert(String::new(), ServingStatus::Serving);
+        shared
+            .statuses
+            .lock()
+            .unwrap()
+            .insert(String::new(), ServingStatus::Serving);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let counted = Arc::clone(&shared);
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(move |stream| {
-            stream.map(|stream| CountedStream::new(stream, Arc::clone(&counted)))
-        });
+        let incoming =
+            tokio_stream::wrappers::TcpListenerStream::new(listener).map(move |stream| {
+                stream.map(|stream| CountedStream::new(stream, Arc::clone(&counted)))
+            });
         let mut builder = Server::builder();
         if let Some(identity) = tls {
-            builder = builder.tls_config(ServerTlsConfig::new().identity(identity)).expect("tls config");
+            builder = builder
+                .tls_config(ServerTlsConfig::new().identity(identity))
+                .expect("tls config");
         }
         let service = HealthServer::new(Service(Arc::clone(&shared)));
         tokio::spawn(async move {
             let stopped = async {
                 let _ = stopped.await;
             };
-            let _ = builder.serve_with_incoming_shutdown(service, incoming, stopped).await;
+            let _ = builder
+                .serve_with_incoming_shutdown(service, incoming, stopped)
+                .await;
         });
-        HealthBackend { addr, shared, _stop: stop }
+        HealthBackend {
+            addr,
+            shared,
+            _stop: stop,
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -105,7 +133,11 @@ impl HealthBackend {
 
     /// Sets a service's status ("" is the whole server).
     pub fn set(&self, service: &str, status: ServingStatus) {
-        self.shared.statuses.lock().unwrap().insert(service.to_string(), status);
+        self.shared
+            .statuses
+            .lock()
+            .unwrap()
+            .insert(service.to_string(), status);
     }
 
     /// Makes a service unknown: Check answers NOT_FOUND.
@@ -115,7 +147,13 @@ impl HealthBackend {
 
     /// Check calls received for one service.
     pub fn checks(&self, service: &str) -> u64 {
-        self.shared.checks.lock().unwrap().get(service).copied().unwrap_or(0)
+        self.shared
+            .checks
+            .lock()
+            .unwrap()
+            .get(service)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Check calls received for every service together.
@@ -156,13 +194,21 @@ impl Connected for CountedStream {
 }
 
 impl AsyncRead for CountedStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for CountedStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

@@ -33,21 +33,40 @@ impl Drop for Agent {
 
 /// Starts the agent on 127.0.0.1:0 with `flags` on top of the defaults.
 pub async fn start_agent(flags: &[&str]) -> Agent {
-    let mut args = vec!["haproxy-grpc-agent", "--server-bind", "127.0.0.1", "--server-port", "0"];
+    let mut args = vec![
+        "haproxy-grpc-agent",
+        "--server-bind",
+        "127.0.0.1",
+        "--server-port",
+        "0",
+    ];
     args.extend_from_slice(flags);
-    let settings = Cli::try_parse_from(args).expect("flags parse").validate().expect("flags are valid");
+    let settings = Cli::try_parse_from(args)
+        .expect("flags parse")
+        .validate()
+        .expect("flags are valid");
     let shutdown = Shutdown::new();
-    let app = App::bind(settings, shutdown.clone()).await.expect("agent starts");
+    let app = App::bind(settings, shutdown.clone())
+        .await
+        .expect("agent starts");
     let addr = app.agent_addr();
     let oracle = app.oracle().clone();
     let serving = tokio::spawn(app.run());
-    Agent { addr, oracle, shutdown, serving }
+    Agent {
+        addr,
+        oracle,
+        shutdown,
+        serving,
+    }
 }
 
 /// One request the way HAProxy makes it: connect, send the line, read one reply line.
 pub async fn ask(addr: SocketAddr, line: &str) -> String {
     let mut stream = TcpStream::connect(addr).await.expect("connect to agent");
-    stream.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+    stream
+        .write_all(format!("{line}\n").as_bytes())
+        .await
+        .unwrap();
     read_reply(&mut stream).await
 }
 
@@ -66,7 +85,9 @@ pub async fn read_reply(stream: &mut TcpStream) -> String {
 
 /// The request line for a plaintext target on 127.0.0.1.
 pub fn line_for(port: u16, service: &str) -> String {
-    format!("127.0.0.1 {port} no-ssl localhost {service}").trim_end().to_string()
+    format!("127.0.0.1 {port} no-ssl localhost {service}")
+        .trim_end()
+        .to_string()
 }
 
 /// Polls `condition` every 20 ms until it holds; panics with `what` after `within`.
@@ -118,7 +139,14 @@ impl TestPki {
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
         let leaf_key = KeyPair::generate().unwrap();
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let leaf = CertificateParams::new(names).unwrap().signed_by(&leaf_key, &ca).unwrap();
-        TestPki { ca_pem: ca.pem(), cert_pem: leaf.pem(), key_pem: leaf_key.serialize_pem() }
+        let leaf = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&leaf_key, &ca)
+            .unwrap();
+        TestPki {
+            ca_pem: ca.pem(),
+            cert_pem: leaf.pem(),
+            key_pem: leaf_key.serialize_pem(),
+        }
     }
 }
