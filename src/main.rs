@@ -47,6 +47,7 @@ fn main() -> ExitCode {
 
 async fn run(settings: haproxy_grpc_agent::config::Settings) -> ExitCode {
     tracing::info!(settings = ?settings, "starting");
+    raise_open_file_limit();
     let shutdown = Shutdown::new();
     let app = match App::bind(settings, shutdown.clone()).await {
         Ok(app) => app,
@@ -65,4 +66,30 @@ async fn run(settings: haproxy_grpc_agent::config::Settings) -> ExitCode {
     let _ = serving.await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// Every backend connection and every HAProxy check is a socket, and the usual soft limit
+/// (1024) is far below what a large farm needs: raise it to the hard limit, as Go's
+/// runtime does. systemd's LimitNOFILE sets the hard limit.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= limit.rlim_max
+        {
+            return;
+        }
+        let soft = limit.rlim_cur;
+        limit.rlim_cur = limit.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+            tracing::info!(
+                from = soft,
+                to = limit.rlim_max,
+                "raised the open file limit"
+            );
+        }
+    }
 }

@@ -21,6 +21,7 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
+#[allow(unused_imports)]
 pub use haproxy_grpc_agent::probe::pb::health_check_response::ServingStatus as Wire;
 
 #[derive(Default)]
