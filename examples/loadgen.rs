@@ -1,0 +1,285 @@
+//! An HAProxy-like load generator: a new TCP connection per request, one line, read the
+//! reply, reset. It measures cached answers from the real agent over many registered
+//! targets against a constant-`up` responder that shares the agent's accept/read/write
+//! path (the ceiling), in the same run, alternating phases.
+//!
+//! ```text
+//! cargo run --release --example loadgen -- --targets 1000 --concurrency 32 --duration 5s
+//! ```
+
+#[path = "../tests/support/backend.rs"]
+mod backend;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backend::{HealthBackend, Wire};
+use clap::Parser;
+use haproxy_grpc_agent::App;
+use haproxy_grpc_agent::config::{Cli, parse_duration};
+use haproxy_grpc_agent::responder::{self, ConstantUp};
+use haproxy_grpc_agent::shutdown::Shutdown;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Parser)]
+struct Args {
+    /// Distinct targets registered in the agent (spread over backends of 100 services).
+    #[arg(long, default_value_t = 1000)]
+    targets: usize,
+    /// Requests in flight at once (each on its own connection).
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Length of each measured phase.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Ceiling/agent phase pairs.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+}
+
+const SERVICES_PER_BACKEND: usize = 100;
+
+fn main() {
+    let args = Args::parse();
+    // The servers (agent, ceiling, backends) get their own runtime and threads; the load
+    // generator gets another, as HAProxy would be another process.
+    let servers = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (agent_addr, ceiling_addr, lines, _backends, _shutdown) =
+        servers.block_on(start_servers(args.targets));
+    let lines = Arc::new(lines);
+    client.block_on(warm_up(agent_addr, &lines));
+    println!(
+        "{} targets registered and up; {} connections in flight; {:?} per phase",
+        lines.len(),
+        args.concurrency,
+        args.duration
+    );
+    println!(
+        "{:<8} {:>10} {:>9} {:>9} {:>9} {:>8}",
+        "phase", "req/s", "p50 µs", "p99 µs", "p999 µs", "non-up"
+    );
+    let mut totals = [Phase::default(), Phase::default()];
+    for _ in 0..args.rounds {
+        for (index, (name, addr)) in [("ceiling", ceiling_addr), ("agent", agent_addr)]
+            .into_iter()
+            .enumerate()
+        {
+            let mut phase = client.block_on(run_phase(
+                addr,
+                Arc::clone(&lines),
+                args.concurrency,
+                args.duration,
+            ));
+            phase.summary().print(name);
+            totals[index].merge(phase);
+        }
+    }
+    let [mut ceiling, mut agent] = totals;
+    println!("{:-<58}", "");
+    let (c, a) = (ceiling.summary(), agent.summary());
+    c.print("ceiling");
+    a.print("agent");
+    println!(
+        "agent/ceiling: throughput {:.3}x (goal >= 0.90), p99 {:.3}x (goal <= 1.20)",
+        a.rate / c.rate,
+        a.p99 as f64 / c.p99 as f64
+    );
+}
+
+async fn start_servers(
+    targets: usize,
+) -> (
+    SocketAddr,
+    SocketAddr,
+    Vec<String>,
+    Vec<HealthBackend>,
+    Shutdown,
+) {
+    let mut backends = Vec::new();
+    let mut lines = Vec::new();
+    while lines.len() < targets {
+        let backend = HealthBackend::start().await;
+        for service in 0..SERVICES_PER_BACKEND.min(targets - lines.len()) {
+            let name = format!("bench.Service{service}");
+            backend.set(&name, Wire::Serving);
+            lines.push(format!(
+                "127.0.0.1 {} no-ssl localhost {name}\n",
+                backend.port()
+            ));
+        }
+        backends.push(backend);
+    }
+    let shutdown = Shutdown::new();
+    let args = [
+        "haproxy-grpc-agent",
+        "--server-bind",
+        "127.0.0.1",
+        "--server-port",
+        "0",
+        "--max-connections",
+        "10000",
+    ];
+    let settings = <Cli as Parser>::parse_from(args)
+        .validate()
+        .expect("valid settings");
+    let responder_config = settings.responder;
+    let app = App::bind(settings, shutdown.clone())
+        .await
+        .expect("agent starts");
+    let agent_addr = app.agent_addr();
+    tokio::spawn(app.run());
+    let ceiling = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ceiling_addr = ceiling.local_addr().unwrap();
+    tokio::spawn(responder::serve(
+        ceiling,
+        ConstantUp,
+        responder_config,
+        shutdown.clone(),
+    ));
+    (agent_addr, ceiling_addr, lines, backends, shutdown)
+}
+
+/// Registers every target and waits until each answers `up`.
+async fn warm_up(addr: SocketAddr, lines: &[String]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for line in lines {
+        loop {
+            let (reply, _) = request(addr, line).await.expect("agent answers");
+            if reply.starts_with(b"up") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "target never came up: {line}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// One HAProxy-style request: connect, send, read the reply line, reset.
+async fn request(addr: SocketAddr, line: &str) -> std::io::Result<(Vec<u8>, Duration)> {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    stream.write_all(line.as_bytes()).await?;
+    let mut reply = Vec::with_capacity(64);
+    let mut buf = [0u8; 128];
+    while !reply.ends_with(b"\n") {
+        let read = stream.read(&mut buf).await?;
+        if read == 0 {
+            break;
+        }
+        reply.extend_from_slice(&buf[..read]);
+    }
+    let elapsed = started.elapsed();
+    // HAProxy resets agent connections; so does this, which also spares TIME_WAIT.
+    stream.set_zero_linger()?;
+    Ok((reply, elapsed))
+}
+
+#[derive(Default)]
+struct Phase {
+    latencies_us: Vec<u32>,
+    elapsed: Duration,
+    not_up: u64,
+    errors: u64,
+}
+
+async fn run_phase(
+    addr: SocketAddr,
+    lines: Arc<Vec<String>>,
+    concurrency: usize,
+    duration: Duration,
+) -> Phase {
+    let started = Instant::now();
+    let end = started + duration;
+    let workers: Vec<_> = (0..concurrency)
+        .map(|worker| {
+            let lines = Arc::clone(&lines);
+            tokio::spawn(async move {
+                let mut phase = Phase::default();
+                let mut next = worker;
+                while Instant::now() < end {
+                    next = (next + 7919) % lines.len();
+                    match request(addr, &lines[next]).await {
+                        Ok((reply, elapsed)) => {
+                            phase
+                                .latencies_us
+                                .push(elapsed.as_micros().min(u32::MAX as u128) as u32);
+                            phase.not_up += u64::from(!reply.starts_with(b"up"));
+                        }
+                        Err(_) => phase.errors += 1,
+                    }
+                }
+                phase
+            })
+        })
+        .collect();
+    let mut total = Phase::default();
+    for worker in workers {
+        total.merge(worker.await.unwrap());
+    }
+    total.elapsed = started.elapsed();
+    total
+}
+
+struct Summary {
+    rate: f64,
+    p50: u32,
+    p99: u32,
+    p999: u32,
+    not_up: u64,
+    errors: u64,
+}
+
+impl Summary {
+    fn print(&self, name: &str) {
+        let errors = if self.errors > 0 {
+            format!(" ({} errors)", self.errors)
+        } else {
+            String::new()
+        };
+        println!(
+            "{name:<8} {:>10.0} {:>9} {:>9} {:>9} {:>8}{errors}",
+            self.rate, self.p50, self.p99, self.p999, self.not_up
+        );
+    }
+}
+
+impl Phase {
+    fn summary(&mut self) -> Summary {
+        self.latencies_us.sort_unstable();
+        let at = |q: f64| {
+            let n = self.latencies_us.len();
+            if n == 0 {
+                0
+            } else {
+                self.latencies_us[((n as f64 * q) as usize).min(n - 1)]
+            }
+        };
+        Summary {
+            rate: self.latencies_us.len() as f64 / self.elapsed.as_secs_f64(),
+            p50: at(0.50),
+            p99: at(0.99),
+            p999: at(0.999),
+            not_up: self.not_up,
+            errors: self.errors,
+        }
+    }
+
+    fn merge(&mut self, other: Phase) {
+        self.latencies_us.extend(other.latencies_us);
+        self.elapsed += other.elapsed;
+        self.not_up += other.not_up;
+        self.errors += other.errors;
+    }
+}
