@@ -233,3 +233,7 @@ async fn housekeeping(inner: std::sync::Weak<Inner>, idle_ttl: Duration, shutdow
         inner.cache.run_pending_tasks();
     }
 }
+
+#[cfg(test)]
+#[path = "oracle_tests.rs"]
+mod tests;
