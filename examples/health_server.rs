@@ -46,15 +46,21 @@ async fn main() {
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let words: Vec<&str> = line.split_whitespace().collect();
-        let done = match words.as_slice() {
-            [status] => parse_status(status).map(|s| backend.set("", s)),
-            ["set", service, status] => parse_status(status).map(|s| backend.set(service, s)),
-            ["forget", service] => Some(backend.forget(service)),
-            _ => None,
+        let understood = match words.as_slice() {
+            [status] => parse_status(status).map(|s| backend.set("", s)).is_some(),
+            ["set", service, status] => parse_status(status)
+                .map(|s| backend.set(service, s))
+                .is_some(),
+            ["forget", service] => {
+                backend.forget(service);
+                true
+            }
+            _ => false,
         };
-        match done {
-            Some(()) => println!("ok ({} checks so far)", backend.total_checks()),
-            None => println!("?  up | down | unknown | set <service> up|down | forget <service>"),
+        if understood {
+            println!("ok ({} checks so far)", backend.total_checks());
+        } else {
+            println!("?  up | down | unknown | set <service> up|down | forget <service>");
         }
     }
     // Without a terminal (stdin closed), keep serving until interrupted.

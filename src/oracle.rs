@@ -12,7 +12,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
-use crate::poller::{self, Health, PollerConfig, format_latency};
+use crate::poller::{self, Entry, PollerConfig, format_latency};
 use crate::probe::Probe;
 use crate::protocol::{Reply, Target};
 use crate::responder::Answer;
@@ -32,19 +32,6 @@ pub struct OracleConfig {
     pub stale_after: Duration,
     /// Probes running at once, across all targets.
     pub max_probes_in_flight: usize,
-}
-
-/// One registered target: its latest health and the handle that stops its poller.
-pub struct Entry {
-    pub target: Target,
-    pub health: ArcSwapOption<Health>,
-    /// Woken once, when the first probe result is published.
-    pub first_result: Notify,
-    pub stop: Shutdown,
-    pub registered_at: Instant,
-    /// Milliseconds after the oracle's epoch when the target was last asked about.
-    pub last_asked_ms: AtomicU64,
-    pub times_asked: AtomicU64,
 }
 
 /// A cheap, cloneable handle on the oracle. Pollers stop on eviction and on shutdown.

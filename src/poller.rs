@@ -2,14 +2,16 @@
 //! hysteresis, publish the new [`Health`], and log a transition once, when it happens.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use arc_swap::ArcSwapOption;
+use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
-use crate::oracle::Entry;
 use crate::probe::{Outcome, ProbeError, TargetProber};
-use crate::protocol::Reply;
+use crate::protocol::{Reply, Target};
+use crate::shutdown::Shutdown;
 
 /// How often and how strictly targets are probed.
 #[derive(Clone, Copy, Debug)]
@@ -24,6 +26,20 @@ pub struct PollerConfig {
     pub fall: u32,
     /// Guard on one probe, above the prober's own timeouts.
     pub probe_deadline: Duration,
+}
+
+/// One registered target, the value of the oracle's cache: the latest health its poller
+/// published and the handle that stops that poller.
+pub struct Entry {
+    pub target: Target,
+    pub health: ArcSwapOption<Health>,
+    /// Woken once, when the first probe result is published.
+    pub first_result: Notify,
+    pub stop: Shutdown,
+    pub registered_at: Instant,
+    /// Milliseconds after the oracle's epoch when the target was last asked about.
+    pub last_asked_ms: AtomicU64,
+    pub times_asked: AtomicU64,
 }
 
 /// The cached state of one target, replaced whole after every probe.
