@@ -186,7 +186,16 @@ async fn tls_backend_with_an_untrusted_ca_is_down() {
 async fn concurrent_first_requests_share_one_probe() {
     let backend = HealthBackend::start().await;
     // A long interval: any second Check in this test would be a duplicate first probe.
-    let agent = start_agent(&["--check-interval", "60s", "--max-connections", "1000"]).await;
+    // A generous miss timeout: this test is about sharing, not about timing.
+    let agent = start_agent(&[
+        "--check-interval",
+        "60s",
+        "--miss-timeout",
+        "10s",
+        "--max-connections",
+        "1000",
+    ])
+    .await;
     let line = line_for(backend.port(), "");
     let asks: Vec<_> = (0..200)
         .map(|_| {
@@ -237,10 +246,10 @@ async fn idle_target_is_evicted_and_no_longer_probed() {
 #[tokio::test]
 async fn asked_targets_stay_registered() {
     let backend = HealthBackend::start().await;
-    let agent = start_agent(&["--check-interval", "50ms", "--idle-ttl", "300ms"]).await;
+    let agent = start_agent(&["--check-interval", "50ms", "--idle-ttl", "1s"]).await;
     let line = line_for(backend.port(), "");
-    // Asking every 100 ms for 1 s keeps a 300 ms idle TTL from expiring.
-    for _ in 0..10 {
+    // Asking every 100 ms for 2 s keeps a 1 s idle TTL from expiring.
+    for _ in 0..20 {
         assert!(ask(agent.addr, &line).await.starts_with("up"));
         assert_eq!(agent.oracle.len(), 1);
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -300,4 +309,23 @@ async fn silent_backend_answers_first_probe_pending_then_rpc_timeout() {
     .await;
     assert_eq!(reply, "down #rpc timeout 300ms\n");
     held.abort();
+}
+
+#[tokio::test]
+async fn a_restarted_backend_is_reconnected() {
+    let backend = HealthBackend::start().await;
+    let addr = backend.addr;
+    let agent = start_agent(FAST).await;
+    let line = line_for(addr.port(), "");
+    assert!(ask(agent.addr, &line).await.starts_with("up #SERVING"));
+    drop(backend);
+    reply_becomes(
+        agent.addr,
+        &line,
+        "down #connection refused",
+        Duration::from_secs(5),
+    )
+    .await;
+    let _backend = HealthBackend::start_on(addr, None).await;
+    reply_becomes(agent.addr, &line, "up #SERVING", Duration::from_secs(5)).await;
 }
