@@ -135,14 +135,7 @@ async fn connections_over_the_limit_are_closed_at_once() {
 #[tokio::test]
 async fn shutdown_finishes_a_reply_in_flight() {
     // A backend that accepts and never answers keeps the first probe pending.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let held = tokio::spawn(async move {
-        let mut open = Vec::new();
-        while let Ok((stream, _)) = listener.accept().await {
-            open.push(stream);
-        }
-    });
+    let (port, _silent) = silent_backend().await;
     let agent = start_agent(&["--miss-timeout", "500ms"]).await;
     let mut stream = TcpStream::connect(agent.addr).await.unwrap();
     stream
@@ -166,5 +159,4 @@ async fn shutdown_finishes_a_reply_in_flight() {
         agent.serving.is_finished()
     })
     .await;
-    held.abort();
 }

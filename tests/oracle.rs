@@ -29,25 +29,22 @@ async fn serving_backend_is_up_with_latency() {
 }
 
 #[tokio::test]
-async fn not_serving_backend_is_down() {
+async fn every_status_but_serving_is_down_with_its_name() {
     let backend = HealthBackend::start().await;
-    backend.set("", Wire::NotServing);
     let agent = start_agent(&[]).await;
-    assert_eq!(
-        ask(agent.addr, &line_for(backend.port(), "")).await,
-        "down #NOT_SERVING\n"
-    );
-}
-
-#[tokio::test]
-async fn unknown_status_is_down() {
-    let backend = HealthBackend::start().await;
-    backend.set("", Wire::Unknown);
-    let agent = start_agent(&[]).await;
-    assert_eq!(
-        ask(agent.addr, &line_for(backend.port(), "")).await,
-        "down #UNKNOWN\n"
-    );
+    let table = [
+        (Wire::NotServing, "down #NOT_SERVING\n"),
+        (Wire::Unknown, "down #UNKNOWN\n"),
+        (Wire::ServiceUnknown, "down #SERVICE_UNKNOWN\n"),
+    ];
+    for (status, expected) in table {
+        let service = format!("svc.{}", status.as_str_name());
+        backend.set(&service, status);
+        assert_eq!(
+            ask(agent.addr, &line_for(backend.port(), &service)).await,
+            expected
+        );
+    }
 }
 
 #[tokio::test]
@@ -71,11 +68,12 @@ async fn flip_and_flip_back_are_seen_within_a_few_intervals() {
 #[tokio::test]
 async fn hysteresis_holds_up_until_fall_failures() {
     let backend = HealthBackend::start().await;
-    let agent = start_agent(&["--check-interval", "50ms", "--rise", "2", "--fall", "3"]).await;
+    let agent = start_agent(&["--check-interval", "300ms", "--rise", "2", "--fall", "3"]).await;
     let line = line_for(backend.port(), "");
     assert!(ask(agent.addr, &line).await.starts_with("up #SERVING"));
     backend.set("", Wire::NotServing);
-    // Between the first failure and the third the agent still says up, and says why.
+    // Between the first failure and the third (600 ms at this interval) the agent still
+    // says up, and says why.
     let held = reply_becomes(
         agent.addr,
         &line,
@@ -275,15 +273,7 @@ async fn target_limit_answers_down() {
 
 #[tokio::test]
 async fn silent_backend_answers_first_probe_pending_then_rpc_timeout() {
-    // Accepts TCP and never speaks HTTP/2.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let held = tokio::spawn(async move {
-        let mut open = Vec::new();
-        while let Ok((stream, _)) = listener.accept().await {
-            open.push(stream);
-        }
-    });
+    let (port, _silent) = silent_backend().await;
     let agent = start_agent(&[
         "--miss-timeout",
         "200ms",
@@ -308,7 +298,6 @@ async fn silent_backend_answers_first_probe_pending_then_rpc_timeout() {
     )
     .await;
     assert_eq!(reply, "down #rpc timeout 300ms\n");
-    held.abort();
 }
 
 #[tokio::test]

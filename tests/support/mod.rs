@@ -123,6 +123,29 @@ pub async fn reply_becomes(addr: SocketAddr, line: &str, prefix: &str, within: D
     }
 }
 
+/// A TCP listener on 127.0.0.1 that accepts connections and never says a word; stops
+/// (closing them all) when the returned guard is dropped.
+pub async fn silent_backend() -> (u16, AbortOnDrop) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            open.push(stream);
+        }
+    });
+    (port, AbortOnDrop(held))
+}
+
+/// Aborts a spawned task when dropped.
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A CA made at test time and a server certificate it signed.
 pub struct TestPki {
     pub ca_pem: String,
