@@ -318,3 +318,17 @@ async fn a_restarted_backend_is_reconnected() {
     let _backend = HealthBackend::start_on(addr, None).await;
     reply_becomes(agent.addr, &line, "up #SERVING", Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+async fn ipv6_backend_bare_and_bracketed() {
+    let backend = HealthBackend::start_on("[::1]:0".parse().unwrap(), None).await;
+    let agent = start_agent(&[]).await;
+    let port = backend.port();
+    for line in [
+        format!("::1 {port} no-ssl localhost"),
+        format!("[::1] {port} no-ssl [::1]:{port}"),
+    ] {
+        let reply = ask(agent.addr, &line).await;
+        assert!(reply.starts_with("up #SERVING"), "{line}: {reply:?}");
+    }
+}
