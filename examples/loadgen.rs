@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use backend::{HealthBackend, Wire};
 use clap::Parser;
 use haproxy_grpc_agent::App;
-use haproxy_grpc_agent::config::{Cli, parse_duration};
+use haproxy_grpc_agent::config::{Settings, parse_duration};
 use haproxy_grpc_agent::responder::{self, ConstantUp};
 use haproxy_grpc_agent::shutdown::Shutdown;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -130,9 +130,7 @@ async fn start_servers(
         "--max-connections",
         "10000",
     ];
-    let settings = <Cli as Parser>::parse_from(args)
-        .validate()
-        .expect("valid settings");
+    let settings = Settings::from_args(args).expect("valid settings");
     let responder_config = settings.responder;
     let app = App::bind(settings, shutdown.clone())
         .await

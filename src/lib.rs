@@ -6,6 +6,7 @@
 //! starts a [`poller`], whose [`probe`] asks the backend) → [`protocol`] formats the reply →
 //! [`responder`] writes it. See ARCHITECTURE.md.
 
+pub mod commands;
 pub mod config;
 pub mod connection;
 pub mod logging;

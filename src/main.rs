@@ -1,11 +1,12 @@
-//! The daemon: parse flags, validate, bind, log the addresses, serve until a signal, drain.
+//! The daemon: parse the command line, load and validate the configuration, then run the
+//! agent (bind, log the addresses, serve until a signal, drain) or a one-shot command.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::Parser;
-use haproxy_grpc_agent::config::Cli;
+use haproxy_grpc_agent::config::{self, Action, Layers, Loaded};
 use haproxy_grpc_agent::shutdown::{self, Shutdown};
-use haproxy_grpc_agent::{App, logging};
+use haproxy_grpc_agent::{App, commands, logging};
 
 /// sysexits.h EX_USAGE: the command line or configuration is wrong.
 const EX_USAGE: u8 = 64;
@@ -13,8 +14,8 @@ const EX_USAGE: u8 = 64;
 const EX_UNAVAILABLE: u8 = 69;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let invocation = match config::cli::parse(std::env::args_os()) {
+        Ok(invocation) => invocation,
         Err(error) if !error.use_stderr() => {
             let _ = error.print();
             return ExitCode::SUCCESS;
@@ -24,35 +25,79 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
-    let settings = match cli.validate() {
-        Ok(settings) => settings,
+    let env = |name: &str| std::env::var(name).ok();
+    let layers = Layers {
+        flags: invocation.flags.clone(),
+        config_file: invocation.config_file.clone(),
+        env: &env,
+    };
+    let usage_error = match invocation.action {
+        Action::Probe { .. } => commands::exit::BAD_ARGUMENTS,
+        _ => EX_USAGE,
+    };
+    let loaded = match config::load(&layers) {
+        Ok(loaded) => loaded,
         Err(errors) => {
-            for error in errors {
-                eprintln!("haproxy-grpc-agent: invalid setting {error}");
-            }
-            return ExitCode::from(EX_USAGE);
+            eprintln!("{errors}");
+            return ExitCode::from(usage_error);
         }
     };
-    let filter = match logging::filter(&settings.log_level) {
-        Ok(filter) => filter,
-        Err(error) => {
-            eprintln!("haproxy-grpc-agent: invalid setting {error}");
-            return ExitCode::from(EX_USAGE);
-        }
-    };
-    logging::init(filter, settings.log_format);
+    if invocation.check_config {
+        print!("{}", commands::describe(&loaded.resolved));
+        println!("# configuration is valid");
+        return ExitCode::SUCCESS;
+    }
     let runtime = tokio::runtime::Runtime::new().expect("cannot start the tokio runtime");
-    runtime.block_on(run(settings))
+    match invocation.action {
+        Action::Probe {
+            address,
+            tls,
+            authority,
+            service,
+        } => {
+            let target = match commands::probe_target(&address, tls, authority.as_deref(), &service)
+            {
+                Ok(target) => target,
+                Err(problem) => {
+                    eprintln!("error: {problem}");
+                    return ExitCode::from(commands::exit::BAD_ARGUMENTS);
+                }
+            };
+            let (code, line) = runtime.block_on(commands::probe(&loaded.settings, &target));
+            println!("{line}");
+            ExitCode::from(code)
+        }
+        Action::Query { agent, line } => {
+            match runtime.block_on(commands::query(&agent, &line, Duration::from_secs(10))) {
+                Ok(reply) => {
+                    println!("{reply}");
+                    ExitCode::SUCCESS
+                }
+                Err(problem) => {
+                    eprintln!("error: {problem}");
+                    ExitCode::from(EX_UNAVAILABLE)
+                }
+            }
+        }
+        Action::Run => {
+            if let Err(error) = logging::init(&loaded.settings.logging) {
+                eprintln!("error: {error}");
+                return ExitCode::from(EX_UNAVAILABLE);
+            }
+            runtime.block_on(run(loaded))
+        }
+    }
 }
 
-async fn run(settings: haproxy_grpc_agent::config::Settings) -> ExitCode {
+async fn run(loaded: Loaded) -> ExitCode {
+    let settings = loaded.settings;
     tracing::info!(settings = ?settings, "starting");
     raise_open_file_limit();
     let shutdown = Shutdown::new();
     let app = match App::bind(settings, shutdown.clone()).await {
         Ok(app) => app,
         Err(error) => {
-            tracing::error!(%error, "cannot start");
+            eprintln!("error: {error}");
             return ExitCode::from(EX_UNAVAILABLE);
         }
     };

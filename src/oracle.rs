@@ -193,9 +193,7 @@ impl Oracle {
                 format_latency(age)
             )));
         }
-        health
-            .as_deref()
-            .map(|health| health.reply(config.poller.rise, config.poller.fall))
+        health.as_deref().map(|health| health.reply(&config.poller))
     }
 }
 

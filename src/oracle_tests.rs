@@ -61,6 +61,10 @@ fn config(max_probes_in_flight: usize) -> OracleConfig {
             fall: 3,
             // Far away, so a hanging probe stays hanging: that is what these tests study.
             probe_deadline: Duration::from_secs(3600),
+            replies: crate::poller::ReplyPolicy {
+                not_serving: crate::protocol::Verdict::Down,
+                unimplemented: crate::protocol::Verdict::Down,
+            },
         },
         miss_timeout: Duration::from_millis(800),
         idle_ttl: Duration::from_secs(600),

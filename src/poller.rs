@@ -9,8 +9,8 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
-use crate::probe::{Outcome, ProbeError, TargetProber};
-use crate::protocol::{Reply, Target};
+use crate::probe::{Outcome, ProbeError, ServingStatus, TargetProber};
+use crate::protocol::{Reply, Target, Verdict};
 use crate::shutdown::Shutdown;
 
 /// How often and how strictly targets are probed.
@@ -26,6 +26,35 @@ pub struct PollerConfig {
     pub fall: u32,
     /// Guard on one probe, above the prober's own timeouts.
     pub probe_deadline: Duration,
+    pub replies: ReplyPolicy,
+}
+
+/// How outcomes other than SERVING and failures map onto HAProxy's words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplyPolicy {
+    /// The verdict for NOT_SERVING: `down`, or `drain`/`maint` for graceful rollouts.
+    pub not_serving: Verdict,
+    /// The verdict for a server without the health service: `down` or `up`.
+    pub unimplemented: Verdict,
+}
+
+impl ReplyPolicy {
+    /// Whether the outcome counts as healthy for hysteresis.
+    pub fn is_healthy(&self, outcome: &Outcome) -> bool {
+        outcome.is_healthy() || self.unimplemented == Verdict::Up && is_unimplemented(outcome)
+    }
+
+    /// The verdict for an unhealthy state whose last probe gave `outcome`.
+    fn unhealthy_verdict(&self, outcome: &Outcome) -> Verdict {
+        match outcome {
+            Outcome::Answered(ServingStatus::NotServing) => self.not_serving,
+            _ => Verdict::Down,
+        }
+    }
+}
+
+fn is_unimplemented(outcome: &Outcome) -> bool {
+    matches!(outcome, Outcome::Failed(ProbeError::Status { code, .. }) if code == "UNIMPLEMENTED")
 }
 
 /// One registered target, the value of the oracle's cache: the latest health its poller
@@ -55,8 +84,13 @@ pub struct Health {
 
 impl Health {
     /// The first result decides the state outright: there is nothing to smooth yet.
-    pub fn first(last: Outcome, probed_at: Instant, latency: Duration) -> Health {
-        let healthy = last.is_healthy();
+    pub fn first(
+        last: Outcome,
+        probed_at: Instant,
+        latency: Duration,
+        config: &PollerConfig,
+    ) -> Health {
+        let healthy = config.replies.is_healthy(&last);
         Health {
             up: healthy,
             consecutive_successes: healthy as u32,
@@ -74,10 +108,10 @@ impl Health {
         last: Outcome,
         probed_at: Instant,
         latency: Duration,
-        rise: u32,
-        fall: u32,
+        config: &PollerConfig,
     ) -> Health {
-        let healthy = last.is_healthy();
+        let (rise, fall) = (config.rise, config.fall);
+        let healthy = config.replies.is_healthy(&last);
         let (successes, failures) = if healthy {
             (self.consecutive_successes.saturating_add(1), 0)
         } else {
@@ -100,25 +134,34 @@ impl Health {
 
     /// The reply for HAProxy. While hysteresis holds a verdict against the last probe,
     /// the reason says how far the count has got.
-    pub fn reply(&self, rise: u32, fall: u32) -> Reply {
+    /// If the policy can answer `drain` or `maint`, every `up` also says `ready` so HAProxy
+    /// lifts that state when the backend recovers.
+    pub fn reply(&self, config: &PollerConfig) -> Reply {
+        let policy = &config.replies;
+        let healthy = policy.is_healthy(&self.last);
         let mut reason = self.last.reason();
-        if self.last.is_healthy() {
+        if healthy {
             reason.push(' ');
             reason.push_str(&format_latency(self.latency));
         }
-        match (self.up, self.last.is_healthy()) {
+        match (self.up, healthy) {
             (true, true) | (false, false) => {}
-            (true, false) => {
-                reason.push_str(&format!(" ({}/{fall} to down)", self.consecutive_failures))
-            }
-            (false, true) => {
-                reason.push_str(&format!(" ({}/{rise} to up)", self.consecutive_successes))
-            }
+            (true, false) => reason.push_str(&format!(
+                " ({}/{} to down)",
+                self.consecutive_failures, config.fall
+            )),
+            (false, true) => reason.push_str(&format!(
+                " ({}/{} to up)",
+                self.consecutive_successes, config.rise
+            )),
         }
         if self.up {
-            Reply::up(reason)
+            Reply {
+                ready: policy.not_serving != Verdict::Down,
+                ..Reply::up(reason)
+            }
         } else {
-            Reply::down(reason)
+            Reply::new(policy.unhealthy_verdict(&self.last), reason)
         }
     }
 }
@@ -192,8 +235,8 @@ fn publish(
 ) {
     let previous = entry.health.load_full();
     let health = match previous.as_deref() {
-        None => Health::first(outcome, probed_at, latency),
-        Some(previous) => previous.next(outcome, probed_at, latency, config.rise, config.fall),
+        None => Health::first(outcome, probed_at, latency, config),
+        Some(previous) => previous.next(outcome, probed_at, latency, config),
     };
     let changed = previous.as_deref().map(|p| p.up) != Some(health.up);
     if changed {
@@ -214,7 +257,20 @@ fn publish(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::probe::ServingStatus;
+
+    fn config(not_serving: Verdict, unimplemented: Verdict) -> PollerConfig {
+        PollerConfig {
+            interval: Duration::from_secs(1),
+            jitter: 0.0,
+            rise: 2,
+            fall: 3,
+            probe_deadline: Duration::from_secs(3),
+            replies: ReplyPolicy {
+                not_serving,
+                unimplemented,
+            },
+        }
+    }
 
     fn serving() -> Outcome {
         Outcome::Answered(ServingStatus::Serving)
@@ -224,18 +280,22 @@ mod tests {
         Outcome::Failed(ProbeError::ConnectionRefused)
     }
 
-    /// Feeds outcomes through hysteresis (rise 2, fall 3) and returns each reply line.
+    /// Feeds outcomes through hysteresis (rise 2, fall 3) and compares each reply line.
     fn check(outcomes: &[Outcome], expected: &[&str]) {
+        check_with(config(Verdict::Down, Verdict::Down), outcomes, expected)
+    }
+
+    fn check_with(config: PollerConfig, outcomes: &[Outcome], expected: &[&str]) {
         let now = Instant::now();
         let latency = Duration::from_micros(700);
         let mut health: Option<Health> = None;
         let mut got = Vec::new();
         for outcome in outcomes {
             let next = match &health {
-                None => Health::first(outcome.clone(), now, latency),
-                Some(h) => h.next(outcome.clone(), now, latency, 2, 3),
+                None => Health::first(outcome.clone(), now, latency, &config),
+                Some(h) => h.next(outcome.clone(), now, latency, &config),
             };
-            got.push(next.reply(2, 3).to_line().trim_end().to_string());
+            got.push(next.reply(&config).to_line().trim_end().to_string());
             health = Some(next);
         }
         assert_eq!(got, expected);
@@ -275,6 +335,38 @@ mod tests {
             &[Outcome::Answered(ServingStatus::NotServing)],
             &["down #NOT_SERVING"],
         );
+    }
+
+    #[test]
+    fn not_serving_can_drain_and_up_then_says_ready() {
+        let not_serving = Outcome::Answered(ServingStatus::NotServing);
+        let drain = config(Verdict::Drain, Verdict::Down);
+        check_with(
+            drain,
+            &[not_serving.clone(), refused(), serving(), serving()],
+            &[
+                "drain #NOT_SERVING",
+                "down #connection refused",
+                "down #SERVING 0.7ms (1/2 to up)",
+                "up ready #SERVING 0.7ms",
+            ],
+        );
+        let maint = config(Verdict::Maint, Verdict::Down);
+        check_with(maint, &[not_serving], &["maint #NOT_SERVING"]);
+    }
+
+    #[test]
+    fn unimplemented_can_count_as_up() {
+        let unimplemented = Outcome::Failed(ProbeError::Status {
+            code: "UNIMPLEMENTED".into(),
+            message: String::new(),
+        });
+        check_with(
+            config(Verdict::Down, Verdict::Up),
+            std::slice::from_ref(&unimplemented),
+            &["up #grpc UNIMPLEMENTED 0.7ms"],
+        );
+        check(&[unimplemented], &["down #grpc UNIMPLEMENTED"]);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod connect;
 mod grpc;
+mod insecure;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -218,11 +218,14 @@ fn parse_authority(word: &str) -> Result<String, BadRequest> {
     Ok(word.to_string())
 }
 
-/// What the agent tells HAProxy about a server.
+/// What the agent tells HAProxy about a server: the operational state (`up`, `down`) or
+/// an administrative one (`drain`: no new sessions; `maint`: out of service).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
     Up,
     Down,
+    Drain,
+    Maint,
 }
 
 impl Verdict {
@@ -230,6 +233,8 @@ impl Verdict {
         match self {
             Verdict::Up => "up",
             Verdict::Down => "down",
+            Verdict::Drain => "drain",
+            Verdict::Maint => "maint",
         }
     }
 }
@@ -238,22 +243,26 @@ impl Verdict {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reply {
     pub verdict: Verdict,
+    /// Adds HAProxy's `ready` word, which lifts a `drain` or `maint` the agent set before.
+    pub ready: bool,
     pub reason: String,
 }
 
 impl Reply {
-    pub fn up(reason: impl Into<String>) -> Reply {
+    pub fn new(verdict: Verdict, reason: impl Into<String>) -> Reply {
         Reply {
-            verdict: Verdict::Up,
+            verdict,
+            ready: false,
             reason: reason.into(),
         }
     }
 
+    pub fn up(reason: impl Into<String>) -> Reply {
+        Reply::new(Verdict::Up, reason)
+    }
+
     pub fn down(reason: impl Into<String>) -> Reply {
-        Reply {
-            verdict: Verdict::Down,
-            reason: reason.into(),
-        }
+        Reply::new(Verdict::Down, reason)
     }
 
     /// The reply for a refused request line.
@@ -265,6 +274,9 @@ impl Reply {
     /// bytes and anything but printable ASCII becomes `?`, so the line stays one line.
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(self.verdict.as_str().as_bytes());
+        if self.ready {
+            out.extend_from_slice(b" ready");
+        }
         if !self.reason.is_empty() {
             out.extend_from_slice(b" #");
             out.extend(

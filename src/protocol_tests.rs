@@ -219,6 +219,21 @@ fn reply_lines() {
         (Reply::down("NOT_SERVING"), "down #NOT_SERVING\n"),
         (Reply::up(""), "up\n"),
         (
+            Reply::new(Verdict::Drain, "NOT_SERVING"),
+            "drain #NOT_SERVING\n",
+        ),
+        (
+            Reply::new(Verdict::Maint, "NOT_SERVING"),
+            "maint #NOT_SERVING\n",
+        ),
+        (
+            Reply {
+                ready: true,
+                ..Reply::up("SERVING 1.0ms")
+            },
+            "up ready #SERVING 1.0ms\n",
+        ),
+        (
             Reply::down("line\nbreak\ttab é"),
             "down #line?break?tab ??\n",
         ),

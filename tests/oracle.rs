@@ -190,6 +190,8 @@ async fn concurrent_first_requests_share_one_probe() {
         "60s",
         "--miss-timeout",
         "10s",
+        "--grpc-rpc-timeout",
+        "10s",
         "--max-connections",
         "1000",
     ])

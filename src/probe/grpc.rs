@@ -7,10 +7,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use rustls::client::danger::ServerCertVerifier;
 use tonic::Code;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Uri};
+use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
 
 use super::connect::{ConnectFailure, ConnectTo};
+use super::insecure;
 use super::pb::HealthCheckRequest;
 use super::pb::health_client::HealthClient;
 use super::{BoxFuture, Outcome, Probe, ProbeError, ServingStatus, TargetProber};
@@ -24,24 +27,33 @@ pub struct ProbeConfig {
     /// Bounds one `Check` call once connected; sent to the server as `grpc-timeout`.
     pub rpc_timeout: Duration,
     pub user_agent: String,
+    /// Extra metadata headers sent with every Check.
+    pub metadata: Vec<(String, String)>,
     pub tls: TlsSettings,
 }
 
-/// Which certificate authorities TLS backends are verified against.
+/// How TLS backends are verified, and how the agent identifies itself to them.
 #[derive(Clone, Debug, Default)]
 pub struct TlsSettings {
     /// PEM bundle trusted in addition to the system roots.
     pub ca_file: Option<PathBuf>,
+    /// PEM client certificate and key, for backends that require mTLS.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Accept any certificate for any name. For testing only; logged loudly at start-up.
+    pub insecure_skip_verify: bool,
 }
 
 /// Errors building the prober, reported at start-up.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeSetupError {
-    #[error("cannot read tls ca file {path}: {source}; check the path and permissions")]
-    CaFile {
+    #[error("cannot read {path}: {source}; check the path and permissions")]
+    File {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("invalid grpc metadata {0:?}: use a lowercase name and a printable ASCII value")]
+    Metadata(String),
     #[error("invalid tls settings: {0}")]
     Tls(String),
     #[error("invalid user agent {0:?}: use printable ASCII")]
@@ -60,6 +72,8 @@ struct EndpointKey {
 pub struct GrpcProbe {
     config: ProbeConfig,
     tls: ClientTlsConfig,
+    verifier: Option<Arc<dyn ServerCertVerifier>>,
+    metadata: MetadataMap,
     channels: Mutex<ChannelPool>,
 }
 
@@ -70,35 +84,62 @@ struct ChannelPool {
 }
 
 impl GrpcProbe {
-    /// Loads the CA file and settles which roots TLS uses. A machine without system roots
-    /// still verifies against the CA file, if one is given.
+    /// Loads the CA, certificate and key files and settles which roots TLS uses. A machine
+    /// without system roots still verifies against the CA file, if one is given.
     pub fn new(config: ProbeConfig) -> Result<GrpcProbe, ProbeSetupError> {
-        let mut tls = ClientTlsConfig::new().timeout(config.connect_timeout);
-        if let Some(path) = &config.tls.ca_file {
-            let pem = std::fs::read(path).map_err(|source| ProbeSetupError::CaFile {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|source| ProbeSetupError::File {
                 path: path.clone(),
                 source,
-            })?;
-            tls = tls.ca_certificate(Certificate::from_pem(pem));
+            })
+        };
+        let mut tls = ClientTlsConfig::new().timeout(config.connect_timeout);
+        if let Some(path) = &config.tls.ca_file {
+            tls = tls.ca_certificate(Certificate::from_pem(read(path)?));
         }
+        if let (Some(cert), Some(key)) = (&config.tls.cert_file, &config.tls.key_file) {
+            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        let verifier = config.tls.insecure_skip_verify.then(|| {
+            tracing::warn!("tls_insecure_skip_verify is on: backend certificates are NOT verified");
+            Arc::new(insecure::AcceptAnyCertificate::new()) as Arc<dyn ServerCertVerifier>
+        });
         let probe_endpoint = Endpoint::from_static("https://localhost");
+        let try_tls = |tls: ClientTlsConfig| match &verifier {
+            Some(verifier) => probe_endpoint
+                .clone()
+                .tls_config_with_verifier(tls, Arc::clone(verifier)),
+            None => probe_endpoint.clone().tls_config(tls),
+        };
         let with_roots = tls.clone().with_native_roots();
-        let tls = match probe_endpoint.clone().tls_config(with_roots.clone()) {
-            Ok(_) => with_roots,
-            Err(error) => {
-                tracing::warn!(%error, "no usable system tls roots; tls backends are verified against the tls ca file only");
-                probe_endpoint
-                    .tls_config(tls.clone())
-                    .map_err(|error| ProbeSetupError::Tls(error_chain(&error)))?;
-                tls
-            }
+        let tls = if verifier.is_some() {
+            try_tls(tls.clone()).map_err(|error| ProbeSetupError::Tls(error_chain(&error)))?;
+            tls
+        } else if try_tls(with_roots.clone()).is_ok() {
+            with_roots
+        } else {
+            tracing::warn!(
+                "no usable system tls roots; tls backends are verified against the tls ca file only"
+            );
+            try_tls(tls.clone()).map_err(|error| ProbeSetupError::Tls(error_chain(&error)))?;
+            tls
         };
         Endpoint::from_static("http://localhost")
             .user_agent(config.user_agent.clone())
             .map_err(|_| ProbeSetupError::UserAgent(config.user_agent.clone()))?;
+        let mut metadata = MetadataMap::new();
+        for (name, value) in &config.metadata {
+            let key = MetadataKey::from_bytes(name.as_bytes())
+                .map_err(|_| ProbeSetupError::Metadata(name.clone()))?;
+            let value = MetadataValue::try_from(value.as_str())
+                .map_err(|_| ProbeSetupError::Metadata(name.clone()))?;
+            metadata.insert(key, value);
+        }
         Ok(GrpcProbe {
             config,
             tls,
+            verifier,
+            metadata,
             channels: Mutex::new(ChannelPool {
                 channels: HashMap::new(),
                 prune_at: 64,
@@ -140,9 +181,13 @@ impl GrpcProbe {
             .user_agent(self.config.user_agent.clone())
             .map_err(|error| invalid(&error))?;
         if key.tls {
-            endpoint = endpoint
-                .tls_config(self.tls.clone())
-                .map_err(|error| ProbeError::Tls(error_chain(&error)))?;
+            let configured = match &self.verifier {
+                Some(verifier) => {
+                    endpoint.tls_config_with_verifier(self.tls.clone(), Arc::clone(verifier))
+                }
+                None => endpoint.tls_config(self.tls.clone()),
+            };
+            endpoint = configured.map_err(|error| ProbeError::Tls(error_chain(&error)))?;
         }
         let connect_to = ConnectTo {
             host: key.host.clone(),
@@ -158,6 +203,7 @@ impl Probe for GrpcProbe {
     fn prober(&self, target: &Target) -> Arc<dyn TargetProber> {
         Arc::new(GrpcTarget {
             channel: self.channel(target),
+            metadata: self.metadata.clone(),
             service: target.service.clone(),
             tls: target.tls,
             connect_timeout: self.config.connect_timeout,
@@ -168,6 +214,7 @@ impl Probe for GrpcProbe {
 
 struct GrpcTarget {
     channel: Result<Arc<Channel>, ProbeError>,
+    metadata: MetadataMap,
     service: String,
     tls: bool,
     connect_timeout: Duration,
@@ -181,9 +228,13 @@ impl TargetProber for GrpcTarget {
                 Ok(channel) => Channel::clone(channel),
                 Err(error) => return Outcome::Failed(error.clone()),
             };
-            let mut request = tonic::Request::new(HealthCheckRequest {
-                service: self.service.clone(),
-            });
+            let mut request = tonic::Request::from_parts(
+                self.metadata.clone(),
+                Default::default(),
+                HealthCheckRequest {
+                    service: self.service.clone(),
+                },
+            );
             // tonic enforces this on the client too, counted from when the connection is
             // ready; the outer bound covers a connect that never finishes.
             request.set_timeout(self.rpc_timeout);

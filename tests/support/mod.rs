@@ -9,9 +9,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::Parser;
 use haproxy_grpc_agent::App;
-use haproxy_grpc_agent::config::Cli;
+use haproxy_grpc_agent::config::Settings;
 use haproxy_grpc_agent::oracle::Oracle;
 use haproxy_grpc_agent::shutdown::Shutdown;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -41,10 +40,7 @@ pub async fn start_agent(flags: &[&str]) -> Agent {
         "0",
     ];
     args.extend_from_slice(flags);
-    let settings = Cli::try_parse_from(args)
-        .expect("flags parse")
-        .validate()
-        .expect("flags are valid");
+    let settings = Settings::from_args(args).expect("flags are valid");
     let shutdown = Shutdown::new();
     let app = App::bind(settings, shutdown.clone())
         .await

@@ -1,0 +1,559 @@
+//! Settings: one table of settings ([`spec`]), reachable from flags ([`cli`]), a TOML file
+//! and the environment ([`layers`]), validated here into the configuration of each stage.
+//! Names match UnitedTraders/haproxy-grpc-agent where they overlap.
+
+pub mod cli;
+pub mod layers;
+pub mod spec;
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use cli::{Action, Invocation};
+pub use layers::{Layers, Resolved, Source, Value};
+
+use crate::oracle::OracleConfig;
+use crate::poller::{PollerConfig, ReplyPolicy};
+use crate::probe::{ProbeConfig, TlsSettings};
+use crate::protocol::Verdict;
+use crate::responder::ResponderConfig;
+
+/// A validated configuration, split by stage.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub agent_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub responder: ResponderConfig,
+    pub probe: ProbeConfig,
+    pub oracle: OracleConfig,
+    pub logging: LogSettings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogRotation {
+    Never,
+    Daily,
+    Hourly,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    /// A tracing filter: the level, then `module=level` for each per-module level.
+    pub filter: String,
+    pub format: LogFormat,
+    pub file: Option<PathBuf>,
+    pub rotation: LogRotation,
+    pub max_files: Option<usize>,
+}
+
+/// One invalid setting: which, what it was, where it came from, what is allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingError {
+    pub key: String,
+    pub value: Option<Value>,
+    pub problem: String,
+}
+
+impl SettingError {
+    fn file(path: &Path, problem: String) -> SettingError {
+        SettingError {
+            key: format!("config file {}", path.display()),
+            value: None,
+            problem,
+        }
+    }
+
+    fn file_key(path: &Path, key: &str, problem: String) -> SettingError {
+        SettingError {
+            key: format!("{key} (file {})", path.display()),
+            value: None,
+            problem,
+        }
+    }
+}
+
+impl fmt::Display for SettingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.value {
+            Some(value) => write!(
+                f,
+                "{} = {:?} (from {}): {}",
+                self.key, value.text, value.source, self.problem
+            ),
+            None => write!(f, "{}: {}", self.key, self.problem),
+        }
+    }
+}
+
+/// Every problem with a configuration, reported together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<SettingError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (index, error) in self.0.iter().enumerate() {
+            if index > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "invalid setting {error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// A loaded configuration with the raw values it was built from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub settings: Settings,
+    pub resolved: Resolved,
+}
+
+/// Resolves the layers and validates the result.
+pub fn load(layers: &Layers<'_>) -> Result<Loaded, ConfigErrors> {
+    let resolved = layers.resolve().map_err(ConfigErrors)?;
+    let settings = Settings::from_resolved(&resolved).map_err(ConfigErrors)?;
+    Ok(Loaded { settings, resolved })
+}
+
+impl Settings {
+    /// The built-in defaults, as if nothing were set.
+    pub fn defaults() -> Settings {
+        Settings::from_args(["haproxy-grpc-agent"]).expect("the defaults are valid")
+    }
+
+    /// Flags on top of the defaults, ignoring the environment (for tests and tools).
+    pub fn from_args<I, T>(args: I) -> Result<Settings, ConfigErrors>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let invocation = cli::parse(args).map_err(|error| {
+            ConfigErrors(vec![SettingError {
+                key: "command line".into(),
+                value: None,
+                problem: error.to_string(),
+            }])
+        })?;
+        let layers = Layers {
+            flags: invocation.flags,
+            config_file: invocation.config_file,
+            env: &|_| None,
+        };
+        load(&layers).map(|loaded| loaded.settings)
+    }
+
+    /// Validates resolved values: each on its own, then the rules between them.
+    pub fn from_resolved(resolved: &Resolved) -> Result<Settings, Vec<SettingError>> {
+        let mut check = Checker {
+            resolved,
+            errors: Vec::new(),
+        };
+        let settings = check.build();
+        match settings {
+            Some(settings) if check.errors.is_empty() => Ok(settings),
+            _ => Err(check.errors),
+        }
+    }
+}
+
+/// Parses values and collects every problem.
+struct Checker<'a> {
+    resolved: &'a Resolved,
+    errors: Vec<SettingError>,
+}
+
+impl Checker<'_> {
+    /// The parsed value of `key`, or `None` when unset or invalid (the error is recorded).
+    fn get<T>(&mut self, key: &str, parse: impl Fn(&str) -> Result<T, String>) -> Option<T> {
+        let value = self.resolved.get(key)?;
+        match parse(value.text.trim()) {
+            Ok(parsed) => Some(parsed),
+            Err(problem) => {
+                self.errors.push(SettingError {
+                    key: key.to_string(),
+                    value: Some(value.clone()),
+                    problem,
+                });
+                None
+            }
+        }
+    }
+
+    /// Records a broken rule between settings, blaming `key`.
+    fn rule(&mut self, holds: bool, key: &str, problem: impl FnOnce() -> String) {
+        if !holds {
+            let value = self.resolved.get(key).cloned();
+            self.errors.push(SettingError {
+                key: key.to_string(),
+                value,
+                problem: problem(),
+            });
+        }
+    }
+
+    fn build(&mut self) -> Option<Settings> {
+        let server_bind = self.get("server_bind", parse_ip);
+        let server_port = self.get("server_port", parse_port);
+        let max_connections = self.get("max_connections", |t| parse_count(t, 1, usize::MAX));
+        let max_line = self.get("max_line", |t| parse_count(t, 16, 65536));
+        let read_deadline = self.get("read_deadline", parse_positive_duration);
+        let connect_timeout = self.get("grpc_connect_timeout", parse_positive_duration);
+        let rpc_timeout = self.get("grpc_rpc_timeout", parse_positive_duration);
+        let metadata = self
+            .get("grpc_metadata", parse_metadata)
+            .unwrap_or_default();
+        let user_agent = self.get("user_agent", parse_user_agent);
+        let ca_file = self.get("tls_ca_file", parse_file);
+        let cert_file = self.get("tls_cert_file", parse_file);
+        let key_file = self.get("tls_key_file", parse_file);
+        let insecure_skip_verify = self.get("tls_insecure_skip_verify", parse_bool);
+        let interval = self.get("check_interval", |t| {
+            parse_duration_at_least(t, Duration::from_millis(10))
+        });
+        let jitter = self.get("check_jitter", |t| parse_count(t, 0, 50));
+        let rise = self.get("rise", |t| parse_count(t, 1, 1000));
+        let fall = self.get("fall", |t| parse_count(t, 1, 1000));
+        let miss_timeout = self.get("miss_timeout", parse_positive_duration);
+        let idle_ttl = self.get("idle_ttl", parse_positive_duration);
+        let max_targets = self.get("max_targets", |t| parse_count(t, 1, usize::MAX));
+        let stale_after = self.get("stale_after", parse_positive_duration);
+        let max_probes_in_flight =
+            self.get("max_probes_in_flight", |t| parse_count(t, 1, 1_000_000));
+        let not_serving = self.get("not_serving_reply", |t| {
+            parse_verdict(t, &[Verdict::Down, Verdict::Drain, Verdict::Maint])
+        });
+        let unimplemented = self.get("unimplemented_reply", |t| {
+            parse_verdict(t, &[Verdict::Up, Verdict::Down])
+        });
+        let metrics_bind = self.get("metrics_bind", parse_ip);
+        let metrics_port = self.get("metrics_port", parse_port);
+        let log_level = self.get("log_level", parse_level);
+        let log_modules = self
+            .get("log_modules", parse_log_modules)
+            .unwrap_or_default();
+        let log_format = self.get("log_format", |t| {
+            parse_choice(
+                t,
+                &[("json", LogFormat::Json), ("pretty", LogFormat::Pretty)],
+            )
+        });
+        let log_file = self.get("log_file", parse_path);
+        let log_rotation = self.get("log_rotation", |t| {
+            parse_choice(
+                t,
+                &[
+                    ("never", LogRotation::Never),
+                    ("daily", LogRotation::Daily),
+                    ("hourly", LogRotation::Hourly),
+                ],
+            )
+        });
+        let log_max_files = self.get("log_max_files", |t| parse_count(t, 1, 100_000));
+
+        // Rules between settings, checked when both sides parsed.
+        if let (Some(server), Some(metrics)) = (server_port, metrics_port) {
+            self.rule(server == 0 || server != metrics, "metrics_port", || {
+                format!(
+                    "is the same as server_port ({server}); give the admin listener its own port"
+                )
+            });
+        }
+        // A first request never needs to wait longer than one probe can take. The default
+        // shrinks to fit lowered timeouts; a value set on purpose must fit.
+        let mut miss_timeout = miss_timeout;
+        if let (Some(connect), Some(rpc), Some(miss)) = (connect_timeout, rpc_timeout, miss_timeout)
+        {
+            let defaulted = self
+                .resolved
+                .get("miss_timeout")
+                .is_some_and(|v| v.source == Source::Default);
+            if defaulted {
+                miss_timeout = Some(miss.min(connect + rpc));
+            }
+            self.rule(defaulted || miss <= connect + rpc, "miss_timeout", || {
+                format!("{miss:?} exceeds grpc_connect_timeout + grpc_rpc_timeout ({:?}), the longest a first probe can take; lower it", connect + rpc)
+            });
+        }
+        self.rule(
+            cert_file.is_some() == key_file.is_some(),
+            if cert_file.is_some() {
+                "tls_cert_file"
+            } else {
+                "tls_key_file"
+            },
+            || {
+                "tls_cert_file and tls_key_file go together; give both for mTLS, or neither"
+                    .to_string()
+            },
+        );
+        if insecure_skip_verify == Some(true) {
+            self.rule(ca_file.is_none(), "tls_insecure_skip_verify", || "cannot be combined with tls_ca_file: with verification off a CA means nothing; drop one of them".to_string());
+        }
+        if let (Some(interval), Some(idle_ttl)) = (interval, idle_ttl) {
+            self.rule(idle_ttl >= interval, "idle_ttl", || format!("{idle_ttl:?} is shorter than check_interval ({interval:?}); targets would be evicted before their second probe"));
+        }
+        let probe_budget = connect_timeout? + rpc_timeout?;
+        let stale_after = stale_after.unwrap_or(interval? * 3 + probe_budget);
+        let floor = interval? + probe_budget;
+        self.rule(stale_after > floor, "stale_after", || {
+            format!("{stale_after:?} must exceed check_interval plus both gRPC timeouts ({floor:?}), or healthy targets would read as stale")
+        });
+
+        let mut filter = log_level?;
+        for (module, level) in log_modules {
+            filter.push_str(&format!(",{module}={level}"));
+        }
+        Some(Settings {
+            agent_addr: SocketAddr::new(server_bind?, server_port?),
+            metrics_addr: SocketAddr::new(metrics_bind?, metrics_port?),
+            responder: ResponderConfig {
+                max_connections: max_connections?,
+                max_line: max_line?,
+                read_deadline: read_deadline?,
+                drain_timeout: miss_timeout? + Duration::from_secs(1),
+            },
+            probe: ProbeConfig {
+                connect_timeout: connect_timeout?,
+                rpc_timeout: rpc_timeout?,
+                user_agent: user_agent
+                    .unwrap_or_else(|| format!("haproxy-grpc-agent/{}", env!("CARGO_PKG_VERSION"))),
+                metadata,
+                tls: TlsSettings {
+                    ca_file,
+                    cert_file,
+                    key_file,
+                    insecure_skip_verify: insecure_skip_verify?,
+                },
+            },
+            oracle: OracleConfig {
+                poller: PollerConfig {
+                    interval: interval?,
+                    jitter: jitter? as f64 / 100.0,
+                    rise: rise? as u32,
+                    fall: fall? as u32,
+                    probe_deadline: probe_budget + Duration::from_millis(100),
+                    replies: ReplyPolicy {
+                        not_serving: not_serving?,
+                        unimplemented: unimplemented?,
+                    },
+                },
+                miss_timeout: miss_timeout?,
+                idle_ttl: idle_ttl?,
+                max_targets: max_targets?,
+                stale_after,
+                max_probes_in_flight: max_probes_in_flight?,
+            },
+            logging: LogSettings {
+                filter,
+                format: log_format?,
+                file: log_file,
+                rotation: log_rotation?,
+                max_files: log_max_files,
+            },
+        })
+    }
+}
+
+/// Parses an HAProxy-style duration: a whole number with `us`, `ms`, `s`, `m`, `h` or `d`;
+/// a bare number is milliseconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let problem = || {
+        "not a duration; use a whole number with us, ms, s, m, h or d (e.g. 500ms, 2s, 5m); a bare number is milliseconds".to_string()
+    };
+    let value: u64 = digits.parse().map_err(|_| problem())?;
+    let unit_us: u64 = match unit {
+        "us" => 1,
+        "" | "ms" => 1_000,
+        "s" => 1_000_000,
+        "m" => 60_000_000,
+        "h" => 3_600_000_000,
+        "d" => 86_400_000_000,
+        _ => return Err(problem()),
+    };
+    value
+        .checked_mul(unit_us)
+        .map(Duration::from_micros)
+        .ok_or_else(|| "too long a duration".to_string())
+}
+
+fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    parse_duration_at_least(text, Duration::from_micros(1))
+}
+
+fn parse_duration_at_least(text: &str, floor: Duration) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration < floor {
+        return Err(if floor == Duration::from_micros(1) {
+            "must be above 0".to_string()
+        } else {
+            format!("must be at least {floor:?}")
+        });
+    }
+    Ok(duration)
+}
+
+fn parse_ip(text: &str) -> Result<IpAddr, String> {
+    text.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .map_err(|_| "not an IP address; use e.g. 0.0.0.0, 127.0.0.1 or ::".to_string())
+}
+
+fn parse_port(text: &str) -> Result<u16, String> {
+    text.parse()
+        .map_err(|_| "not a port; use 0-65535 (0 picks a free port)".to_string())
+}
+
+fn parse_count(text: &str, min: usize, max: usize) -> Result<usize, String> {
+    let outside = || {
+        if max == usize::MAX {
+            format!("use a whole number of at least {min}")
+        } else {
+            format!("use a whole number from {min} to {max}")
+        }
+    };
+    let value: usize = text
+        .parse()
+        .map_err(|_| format!("not a number; {}", outside()))?;
+    if value < min || value > max {
+        return Err(format!("out of range; {}", outside()));
+    }
+    Ok(value)
+}
+
+fn parse_bool(text: &str) -> Result<bool, String> {
+    match text {
+        "true" | "yes" | "on" | "1" => Ok(true),
+        "false" | "no" | "off" | "0" => Ok(false),
+        _ => Err("not a boolean; use true or false".to_string()),
+    }
+}
+
+fn parse_choice<T: Copy>(text: &str, choices: &[(&str, T)]) -> Result<T, String> {
+    let found = choices
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(text));
+    found.map(|(_, value)| *value).ok_or_else(|| {
+        let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
+        format!("use one of: {}", names.join(", "))
+    })
+}
+
+fn parse_verdict(text: &str, allowed: &[Verdict]) -> Result<Verdict, String> {
+    let choices: Vec<(&str, Verdict)> = allowed.iter().map(|v| (v.as_str(), *v)).collect();
+    parse_choice(text, &choices)
+}
+
+fn parse_path(text: &str) -> Result<PathBuf, String> {
+    if text.is_empty() {
+        Err("empty path".to_string())
+    } else {
+        Ok(PathBuf::from(text))
+    }
+}
+
+/// A path that must name a readable file now (checked before anything binds).
+fn parse_file(text: &str) -> Result<PathBuf, String> {
+    let path = parse_path(text)?;
+    std::fs::File::open(&path).map_err(|error| format!("cannot be read: {error}"))?;
+    Ok(path)
+}
+
+fn parse_user_agent(text: &str) -> Result<String, String> {
+    if !text.is_empty() && text.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        Ok(text.to_string())
+    } else {
+        Err("use printable ASCII".to_string())
+    }
+}
+
+const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
+
+fn parse_level(text: &str) -> Result<String, String> {
+    let level = text.to_ascii_lowercase();
+    if LEVELS.contains(&level.as_str()) {
+        Ok(level)
+    } else {
+        Err(format!("use one of: {}", LEVELS.join(", ")))
+    }
+}
+
+/// `name=value` pairs separated by commas.
+fn parse_pairs(text: &str) -> Result<Vec<(String, String)>, String> {
+    text.split(',')
+        .filter(|pair| !pair.trim().is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((name, value)) if !name.trim().is_empty() => {
+                Ok((name.trim().to_string(), value.trim().to_string()))
+            }
+            _ => Err(format!("{pair:?} is not name=value")),
+        })
+        .collect()
+}
+
+fn parse_log_modules(text: &str) -> Result<Vec<(String, String)>, String> {
+    let pairs = parse_pairs(text)?;
+    for (module, level) in &pairs {
+        if !module
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+        {
+            return Err(format!(
+                "{module:?} is not a module path such as haproxy_grpc_agent::probe"
+            ));
+        }
+        parse_level(level).map_err(|problem| format!("level of {module}: {problem}"))?;
+    }
+    Ok(pairs)
+}
+
+/// Header names the transport owns; setting them would break the call.
+const RESERVED_HEADERS: &[&str] = &[
+    "content-type",
+    "te",
+    "user-agent",
+    "grpc-timeout",
+    "grpc-encoding",
+    "grpc-accept-encoding",
+    "host",
+    "connection",
+];
+
+fn parse_metadata(text: &str) -> Result<Vec<(String, String)>, String> {
+    let pairs = parse_pairs(text)?;
+    for (name, value) in &pairs {
+        let valid_name = name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+        if !valid_name || name.starts_with(':') {
+            return Err(format!(
+                "{name:?} is not a valid metadata name; use lowercase letters, digits, - _ ."
+            ));
+        }
+        if RESERVED_HEADERS.contains(&name.as_str()) || name.ends_with("-bin") {
+            return Err(format!("{name:?} is reserved by the gRPC transport"));
+        }
+        if !value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            return Err(format!("the value of {name} must be printable ASCII"));
+        }
+    }
+    Ok(pairs)
+}
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;
