@@ -142,7 +142,7 @@ async fn start_servers(
     tokio::spawn(responder::serve(
         ceiling,
         ConstantUp,
-        responder_config,
+        Arc::new(arc_swap::ArcSwap::from_pointee(responder_config)),
         shutdown.clone(),
     ));
     (agent_addr, ceiling_addr, lines, backends, shutdown)

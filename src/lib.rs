@@ -20,11 +20,13 @@ pub mod shutdown;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 
-use crate::config::Settings;
+use crate::config::{ConfigErrors, Layers, Loaded, ReloadReport, Settings};
 use crate::oracle::Oracle;
-use crate::probe::{GrpcProbe, ProbeSetupError};
+use crate::probe::{GrpcProbe, Probe, ProbeSetupError};
+use crate::responder::ResponderConfig;
 use crate::shutdown::Shutdown;
 
 /// Why the agent could not start.
@@ -45,24 +47,62 @@ pub enum StartError {
 pub struct App {
     listener: TcpListener,
     oracle: Oracle,
-    settings: Settings,
+    reloader: Reloader,
     shutdown: Shutdown,
+}
+
+/// Applies reloaded settings to the running stages. Cheap to clone.
+#[derive(Clone)]
+pub struct Reloader {
+    responder: Arc<ArcSwap<ResponderConfig>>,
+    oracle: Oracle,
+    probe: Arc<dyn Probe>,
+}
+
+impl Reloader {
+    /// SIGHUP: re-reads the layers; when the result is valid, applies it and makes it
+    /// `current`. On error nothing changes.
+    pub fn reload(
+        &self,
+        layers: &Layers<'_>,
+        current: &mut Loaded,
+    ) -> Result<ReloadReport, ConfigErrors> {
+        let (reloaded, report) = config::reload(layers, current)?;
+        self.apply(&reloaded.settings);
+        *current = reloaded;
+        Ok(report)
+    }
+
+    /// Swaps in the reloadable part of `settings`: responder bounds, oracle timings and
+    /// thresholds, probe timeouts. Settings that need a restart are left as they were.
+    pub fn apply(&self, settings: &Settings) {
+        let mut responder = settings.responder;
+        responder.max_connections = self.responder.load().max_connections;
+        self.responder.store(Arc::new(responder));
+        self.oracle.reconfigure(settings.oracle);
+        self.probe.reconfigure(&settings.probe);
+    }
 }
 
 impl App {
     /// Builds the prober and the oracle and binds the agent port. Background work stops
     /// when `shutdown` is triggered.
     pub async fn bind(settings: Settings, shutdown: Shutdown) -> Result<App, StartError> {
-        let probe = Arc::new(GrpcProbe::new(settings.probe.clone())?);
-        let oracle = Oracle::new(probe, settings.oracle, shutdown.clone());
+        let probe: Arc<dyn Probe> = Arc::new(GrpcProbe::new(settings.probe.clone())?);
+        let oracle = Oracle::new(Arc::clone(&probe), settings.oracle, shutdown.clone());
         let addr = settings.agent_addr;
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartError::Bind { addr, source })?;
+        let reloader = Reloader {
+            responder: Arc::new(ArcSwap::from_pointee(settings.responder)),
+            oracle: oracle.clone(),
+            probe,
+        };
         Ok(App {
             listener,
             oracle,
-            settings,
+            reloader,
             shutdown,
         })
     }
@@ -78,22 +118,22 @@ impl App {
         &self.oracle
     }
 
+    /// The handle that applies reloaded settings while the app runs.
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
+    }
+
     /// Serves until shutdown is triggered, then drains agent connections and stops the
     /// pollers.
     pub async fn run(self) {
         let App {
             listener,
             oracle,
-            settings,
+            reloader,
             shutdown,
         } = self;
-        responder::serve(
-            listener,
-            oracle.clone(),
-            settings.responder,
-            shutdown.clone(),
-        )
-        .await;
+        let config = Arc::clone(&reloader.responder);
+        responder::serve(listener, oracle.clone(), config, shutdown.clone()).await;
         shutdown.trigger();
         oracle.stopped().await;
     }

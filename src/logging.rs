@@ -17,28 +17,61 @@ pub enum LogError {
     File { path: String, reason: String },
 }
 
-/// Installs the global subscriber. Call once, from `main`.
-pub fn init(settings: &LogSettings) -> Result<(), LogError> {
-    let filter = EnvFilter::builder()
-        .parse(&settings.filter)
-        .map_err(|error| LogError::Filter {
-            filter: settings.filter.clone(),
-            reason: error.to_string(),
-        })?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match (&settings.file, settings.format) {
-        (None, LogFormat::Json) => builder.json().flatten_event(true).init(),
-        (None, LogFormat::Pretty) => builder.init(),
-        (Some(path), format) => {
-            let writer = file_writer(path, settings)?;
-            let builder = builder.with_writer(writer).with_ansi(false);
-            match format {
-                LogFormat::Json => builder.json().flatten_event(true).init(),
-                LogFormat::Pretty => builder.init(),
-            }
-        }
+/// Changes the log filter of the running subscriber (on reload).
+pub struct FilterHandle(Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>);
+
+impl FilterHandle {
+    pub fn set(&self, filter: &str) -> Result<(), LogError> {
+        let parsed = parse_filter(filter)?;
+        (self.0)(parsed).map_err(|reason| LogError::Filter {
+            filter: filter.to_string(),
+            reason,
+        })
     }
-    Ok(())
+}
+
+fn parse_filter(filter: &str) -> Result<EnvFilter, LogError> {
+    EnvFilter::builder()
+        .parse(filter)
+        .map_err(|error| LogError::Filter {
+            filter: filter.to_string(),
+            reason: error.to_string(),
+        })
+}
+
+/// Installs the global subscriber. Call once, from `main`.
+pub fn init(settings: &LogSettings) -> Result<FilterHandle, LogError> {
+    let filter = parse_filter(&settings.filter)?;
+    let builder = tracing_subscriber::fmt();
+    // Each format is its own subscriber type; the handle hides which one runs.
+    macro_rules! install {
+        ($builder:expr) => {{
+            let builder = $builder.with_env_filter(filter).with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            FilterHandle(Box::new(move |filter| {
+                handle.reload(filter).map_err(|e| e.to_string())
+            }))
+        }};
+    }
+    Ok(match (&settings.file, settings.format) {
+        (None, LogFormat::Json) => install!(builder.json().flatten_event(true)),
+        (None, LogFormat::Pretty) => install!(builder),
+        (Some(path), LogFormat::Json) => {
+            let writer = file_writer(path, settings)?;
+            install!(
+                builder
+                    .with_writer(writer)
+                    .with_ansi(false)
+                    .json()
+                    .flatten_event(true)
+            )
+        }
+        (Some(path), LogFormat::Pretty) => {
+            let writer = file_writer(path, settings)?;
+            install!(builder.with_writer(writer).with_ansi(false))
+        }
+    })
 }
 
 fn file_writer(path: &Path, settings: &LogSettings) -> Result<RollingFileAppender, LogError> {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use haproxy_grpc_agent::config::{self, Action, Layers, Loaded};
-use haproxy_grpc_agent::shutdown::{self, Shutdown};
+use haproxy_grpc_agent::shutdown::{Request, Shutdown, Signals};
 use haproxy_grpc_agent::{App, commands, logging};
 
 /// sysexits.h EX_USAGE: the command line or configuration is wrong.
@@ -80,21 +80,34 @@ fn main() -> ExitCode {
             }
         }
         Action::Run => {
-            if let Err(error) = logging::init(&loaded.settings.logging) {
-                eprintln!("error: {error}");
-                return ExitCode::from(EX_UNAVAILABLE);
-            }
-            runtime.block_on(run(loaded))
+            let log_filter = match logging::init(&loaded.settings.logging) {
+                Ok(handle) => handle,
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return ExitCode::from(EX_UNAVAILABLE);
+                }
+            };
+            runtime.block_on(run(loaded, &layers, log_filter))
         }
     }
 }
 
-async fn run(loaded: Loaded) -> ExitCode {
-    let settings = loaded.settings;
-    tracing::info!(settings = ?settings, "starting");
+async fn run(
+    mut loaded: Loaded,
+    layers: &Layers<'_>,
+    log_filter: logging::FilterHandle,
+) -> ExitCode {
+    tracing::info!(settings = %loaded.summary(), "starting");
     raise_open_file_limit();
+    let mut signals = match Signals::install() {
+        Ok(signals) => signals,
+        Err(error) => {
+            eprintln!("error: cannot install signal handlers: {error}");
+            return ExitCode::from(EX_UNAVAILABLE);
+        }
+    };
     let shutdown = Shutdown::new();
-    let app = match App::bind(settings, shutdown.clone()).await {
+    let app = match App::bind(loaded.settings.clone(), shutdown.clone()).await {
         Ok(app) => app,
         Err(error) => {
             eprintln!("error: {error}");
@@ -102,10 +115,31 @@ async fn run(loaded: Loaded) -> ExitCode {
         }
     };
     tracing::info!(agent_addr = %app.agent_addr(), "agent listening");
+    let reloader = app.reloader();
     let serving = tokio::spawn(app.run());
-    match shutdown::signal().await {
-        Ok(signal) => tracing::info!(signal, "stopping: no new connections, finishing replies"),
-        Err(error) => tracing::error!(%error, "cannot watch for signals; stopping"),
+    loop {
+        match signals.next().await {
+            Request::Stop(signal) => {
+                tracing::info!(signal, "stopping: no new connections, finishing replies");
+                break;
+            }
+            Request::Reload => match reloader.reload(layers, &mut loaded) {
+                Ok(report) => {
+                    if let Err(error) = log_filter.set(&loaded.settings.logging.filter) {
+                        tracing::warn!(%error, "log level not changed");
+                    }
+                    if !report.needs_restart.is_empty() {
+                        tracing::warn!(settings = ?report.needs_restart, "changed settings keep their old value until a restart");
+                    }
+                    tracing::info!(applied = ?report.applied, "configuration reloaded");
+                }
+                Err(errors) => {
+                    for error in &errors.0 {
+                        tracing::error!(%error, "reload refused; keeping the running configuration");
+                    }
+                }
+            },
+        }
     }
     shutdown.trigger();
     let _ = serving.await;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use moka::notification::RemovalCause;
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
@@ -43,7 +43,12 @@ pub struct Oracle {
 struct Inner {
     cache: moka::sync::Cache<Target, Arc<Entry>>,
     probe: Arc<dyn Probe>,
-    config: OracleConfig,
+    /// Swapped whole on reload; read on every request.
+    config: ArcSwap<OracleConfig>,
+    /// The part pollers read, once per probe.
+    poller_config: Arc<ArcSwap<PollerConfig>>,
+    /// Wakes waiting pollers after a reload so they re-plan with the new interval.
+    reconfigured: Arc<Notify>,
     permits: Arc<Semaphore>,
     registered: Arc<AtomicUsize>,
     epoch: Instant,
@@ -71,7 +76,9 @@ impl Oracle {
             inner: Arc::new(Inner {
                 cache,
                 probe,
-                config,
+                config: ArcSwap::from_pointee(config),
+                poller_config: Arc::new(ArcSwap::from_pointee(config.poller)),
+                reconfigured: Arc::new(Notify::new()),
                 permits: Arc::new(Semaphore::new(config.max_probes_in_flight)),
                 registered,
                 epoch: Instant::now(),
@@ -109,13 +116,21 @@ impl Oracle {
         if let Some(reply) = self.answer_now(&entry, asked_at) {
             return reply;
         }
-        let deadline = asked_at + self.inner.config.miss_timeout;
+        let deadline = asked_at + self.inner.config.load().miss_timeout;
         match tokio::time::timeout_at(deadline, first).await {
             Ok(()) => self
                 .answer_now(&entry, asked_at)
                 .unwrap_or_else(|| Reply::down("first probe pending")),
             Err(_) => Reply::down("first probe pending"),
         }
+    }
+
+    /// Applies new timings and bounds. Pollers pick them up at their next probe and keep
+    /// their state; the idle TTL and the probes-in-flight bound are fixed at start.
+    pub fn reconfigure(&self, config: OracleConfig) {
+        self.inner.poller_config.store(Arc::new(config.poller));
+        self.inner.config.store(Arc::new(config));
+        self.inner.reconfigured.notify_waiters();
     }
 
     /// The number of registered targets.
@@ -139,7 +154,7 @@ impl Oracle {
             return Ok(entry);
         }
         // Reserve a slot first, so concurrent misses cannot overshoot the bound.
-        let max = inner.config.max_targets;
+        let max = inner.config.load().max_targets;
         if inner.registered.fetch_add(1, Ordering::Relaxed) >= max {
             inner.registered.fetch_sub(1, Ordering::Relaxed);
             return Err(Reply::down(format!("target limit reached ({max})")));
@@ -158,7 +173,8 @@ impl Oracle {
         let poll = poller::run(
             Arc::clone(&entry),
             prober,
-            inner.config.poller,
+            Arc::clone(&inner.poller_config),
+            Arc::clone(&inner.reconfigured),
             Arc::clone(&inner.permits),
         );
         inner.tasks.spawn(poll);
@@ -180,7 +196,7 @@ impl Oracle {
     /// The reply if one can be given without waiting: the cached health, or `stale` when
     /// no probe has completed for too long.
     fn answer_now(&self, entry: &Entry, now: Instant) -> Option<Reply> {
-        let config = &self.inner.config;
+        let config = self.inner.config.load();
         let health = entry.health.load();
         let last_completed = match health.as_deref() {
             Some(health) => health.probed_at,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
@@ -181,22 +181,31 @@ pub fn format_latency(latency: Duration) -> String {
 pub async fn run(
     entry: Arc<Entry>,
     prober: Arc<dyn TargetProber>,
-    config: PollerConfig,
+    config: Arc<ArcSwap<PollerConfig>>,
+    reconfigured: Arc<Notify>,
     permits: Arc<Semaphore>,
 ) {
     let stop = entry.stop.clone();
     let mut due = Instant::now();
     loop {
+        // Read once per round, so a reload applies from the next probe on.
+        let deadline = config.load().probe_deadline;
         let probed = tokio::select! {
             _ = stop.triggered() => return,
-            probed = probe_once(prober.as_ref(), config.probe_deadline, &permits) => probed,
+            probed = probe_once(prober.as_ref(), deadline, &permits) => probed,
         };
         let (outcome, started, latency) = probed;
-        publish(&entry, outcome, started + latency, latency, &config);
-        due = next_due(due, config, Instant::now());
-        tokio::select! {
-            _ = stop.triggered() => return,
-            _ = tokio::time::sleep_until(due) => {}
+        publish(&entry, outcome, started + latency, latency, &config.load());
+        let previous = due;
+        due = next_due(previous, &config.load(), Instant::now());
+        // Wait for the next probe; a reload re-plans the wait with the new interval.
+        loop {
+            let reload = reconfigured.notified();
+            tokio::select! {
+                _ = stop.triggered() => return,
+                _ = tokio::time::sleep_until(due) => break,
+                _ = reload => due = next_due(previous, &config.load(), Instant::now()),
+            }
         }
     }
 }
@@ -220,7 +229,7 @@ async fn probe_once(
 
 /// The next probe is one jittered interval after the previous one was due; a probe that
 /// overran its interval is followed at once rather than by a burst of catch-up probes.
-fn next_due(previous: Instant, config: PollerConfig, now: Instant) -> Instant {
+fn next_due(previous: Instant, config: &PollerConfig, now: Instant) -> Instant {
     let factor = 1.0 + config.jitter * (fastrand::f64() * 2.0 - 1.0);
     let due = previous + config.interval.mul_f64(factor);
     due.max(now)

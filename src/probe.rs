@@ -27,6 +27,9 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// backend endpoint; dropping every prober of an endpoint releases its connection.
 pub trait Probe: Send + Sync + 'static {
     fn prober(&self, target: &Target) -> Arc<dyn TargetProber>;
+
+    /// Applies reloadable settings (the timeouts) to every prober, current and future.
+    fn reconfigure(&self, _config: &ProbeConfig) {}
 }
 
 /// Probes one target. Callers never run two checks of one prober at once.

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
@@ -56,10 +57,12 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 pub async fn serve<A: Answer>(
     listener: TcpListener,
     answer: A,
-    config: ResponderConfig,
+    config: Arc<ArcSwap<ResponderConfig>>,
     shutdown: Shutdown,
 ) {
-    let slots = Arc::new(Semaphore::new(config.max_connections));
+    // The connection limit is fixed at start; the rest is read per connection.
+    let max_connections = config.load().max_connections;
+    let slots = Arc::new(Semaphore::new(max_connections));
     let tracker = TaskTracker::new();
     let mut backoff = ACCEPT_BACKOFF_MIN;
     let mut refusing = false;
@@ -89,7 +92,7 @@ pub async fn serve<A: Answer>(
         let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
             if !refusing {
                 tracing::warn!(
-                    max_connections = config.max_connections,
+                    max_connections,
                     "connection limit reached; closing new connections until one frees"
                 );
                 refusing = true;
@@ -103,11 +106,17 @@ pub async fn serve<A: Answer>(
         }
         let answer = answer.clone();
         let shutdown = shutdown.clone();
-        tracker.spawn(handle(stream, permit, answer, config, shutdown));
+        tracker.spawn(handle(
+            stream,
+            permit,
+            answer,
+            Arc::clone(&config),
+            shutdown,
+        ));
     }
     drop(listener);
     tracker.close();
-    if tokio::time::timeout(config.drain_timeout, tracker.wait())
+    if tokio::time::timeout(config.load().drain_timeout, tracker.wait())
         .await
         .is_err()
     {
@@ -133,13 +142,14 @@ async fn handle<A: Answer>(
     stream: TcpStream,
     _permit: OwnedSemaphorePermit,
     answer: A,
-    config: ResponderConfig,
+    live: Arc<ArcSwap<ResponderConfig>>,
     shutdown: Shutdown,
 ) {
     // Pipelined replies must not wait for Nagle.
     let _ = stream.set_nodelay(true);
-    let mut connection = Connection::new(stream, config.max_line);
+    let mut connection = Connection::new(stream, live.load().max_line);
     loop {
+        let config = **live.load();
         let read = tokio::select! {
             biased;
             _ = shutdown.triggered() => return,

@@ -118,11 +118,85 @@ pub struct Loaded {
     pub resolved: Resolved,
 }
 
+impl Loaded {
+    /// Every set value on one line, for the start-up log. Metadata values can carry
+    /// credentials, so only their names are shown.
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        for spec in spec::SETTINGS {
+            let Some(value) = self.resolved.get(spec.key) else {
+                continue;
+            };
+            let text = if spec.key == "grpc_metadata" {
+                let names: Vec<&str> = value
+                    .text
+                    .split(',')
+                    .map(|pair| pair.split('=').next().unwrap_or(""))
+                    .collect();
+                names
+                    .iter()
+                    .map(|name| format!("{name}=<redacted>"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            } else {
+                value.text.clone()
+            };
+            parts.push(format!("{}={text}", spec.key));
+        }
+        parts.join(" ")
+    }
+}
+
 /// Resolves the layers and validates the result.
 pub fn load(layers: &Layers<'_>) -> Result<Loaded, ConfigErrors> {
     let resolved = layers.resolve().map_err(ConfigErrors)?;
     let settings = Settings::from_resolved(&resolved).map_err(ConfigErrors)?;
     Ok(Loaded { settings, resolved })
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Changed settings now in effect.
+    pub applied: Vec<&'static str>,
+    /// Changed settings that keep their old value until a restart.
+    pub needs_restart: Vec<&'static str>,
+}
+
+/// Re-reads the layers for SIGHUP. The new values must be valid on their own; settings
+/// that cannot change while running keep their current values, and the report says which
+/// changed anyway.
+pub fn reload(
+    layers: &Layers<'_>,
+    current: &Loaded,
+) -> Result<(Loaded, ReloadReport), ConfigErrors> {
+    let fresh = layers.resolve().map_err(ConfigErrors)?;
+    Settings::from_resolved(&fresh).map_err(ConfigErrors)?;
+    let mut merged = Resolved::new();
+    let mut report = ReloadReport::default();
+    for spec in spec::SETTINGS {
+        let old = current.resolved.get(spec.key);
+        let new = fresh.get(spec.key);
+        let changed = old.map(|v| &v.text) != new.map(|v| &v.text);
+        let (kept, list) = match spec.reload {
+            spec::Reload::Live => (new, &mut report.applied),
+            spec::Reload::Restart => (old, &mut report.needs_restart),
+        };
+        if let Some(value) = kept {
+            merged.insert(spec.key, value.clone());
+        }
+        if changed {
+            list.push(spec.key);
+        }
+    }
+    let settings = Settings::from_resolved(&merged).map_err(ConfigErrors)?;
+    Ok((
+        Loaded {
+            settings,
+            resolved: merged,
+        },
+        report,
+    ))
 }
 
 impl Settings {

@@ -3,11 +3,15 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+
+use super::grpc::Timeouts;
 
 /// Why a connection to a backend could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -27,14 +31,14 @@ pub enum ConnectFailure {
 pub struct ConnectTo {
     pub host: String,
     pub port: u16,
-    pub timeout: Duration,
+    pub timeouts: Arc<ArcSwap<Timeouts>>,
 }
 
 impl ConnectTo {
     /// Resolves the host and connects to the first address that accepts, all within
     /// `timeout`. Addresses are tried in the resolver's order.
     pub async fn connect(self) -> Result<TokioIo<TcpStream>, ConnectFailure> {
-        let deadline = Instant::now() + self.timeout;
+        let deadline = Instant::now() + self.timeouts.load().connect;
         let addrs = tokio::time::timeout_at(deadline, self.resolve())
             .await
             .map_err(|_| ConnectFailure::Timeout)??;

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use rustls::client::danger::ServerCertVerifier;
 use tonic::Code;
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
@@ -71,6 +72,8 @@ struct EndpointKey {
 /// Checks backends with `grpc.health.v1.Health/Check`.
 pub struct GrpcProbe {
     config: ProbeConfig,
+    /// Read on every connect and check, so a reload applies at once.
+    timeouts: Arc<ArcSwap<Timeouts>>,
     tls: ClientTlsConfig,
     verifier: Option<Arc<dyn ServerCertVerifier>>,
     metadata: MetadataMap,
@@ -135,8 +138,13 @@ impl GrpcProbe {
                 .map_err(|_| ProbeSetupError::Metadata(name.clone()))?;
             metadata.insert(key, value);
         }
+        let timeouts = Timeouts {
+            connect: config.connect_timeout,
+            rpc: config.rpc_timeout,
+        };
         Ok(GrpcProbe {
             config,
+            timeouts: Arc::new(ArcSwap::from_pointee(timeouts)),
             tls,
             verifier,
             metadata,
@@ -192,7 +200,7 @@ impl GrpcProbe {
         let connect_to = ConnectTo {
             host: key.host.clone(),
             port: key.port,
-            timeout: self.config.connect_timeout,
+            timeouts: Arc::clone(&self.timeouts),
         };
         let connector = tower::service_fn(move |_: Uri| connect_to.clone().connect());
         Ok(endpoint.connect_with_connector_lazy(connector))
@@ -200,14 +208,20 @@ impl GrpcProbe {
 }
 
 impl Probe for GrpcProbe {
+    fn reconfigure(&self, config: &ProbeConfig) {
+        self.timeouts.store(Arc::new(Timeouts {
+            connect: config.connect_timeout,
+            rpc: config.rpc_timeout,
+        }));
+    }
+
     fn prober(&self, target: &Target) -> Arc<dyn TargetProber> {
         Arc::new(GrpcTarget {
             channel: self.channel(target),
             metadata: self.metadata.clone(),
             service: target.service.clone(),
             tls: target.tls,
-            connect_timeout: self.config.connect_timeout,
-            rpc_timeout: self.config.rpc_timeout,
+            timeouts: Arc::clone(&self.timeouts),
         })
     }
 }
@@ -217,8 +231,14 @@ struct GrpcTarget {
     metadata: MetadataMap,
     service: String,
     tls: bool,
-    connect_timeout: Duration,
-    rpc_timeout: Duration,
+    timeouts: Arc<ArcSwap<Timeouts>>,
+}
+
+/// The two probe timeouts, swapped together on reload.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub rpc: Duration,
 }
 
 impl TargetProber for GrpcTarget {
@@ -237,52 +257,51 @@ impl TargetProber for GrpcTarget {
             );
             // tonic enforces this on the client too, counted from when the connection is
             // ready; the outer bound covers a connect that never finishes.
-            request.set_timeout(self.rpc_timeout);
+            let timeouts = **self.timeouts.load();
+            request.set_timeout(timeouts.rpc);
             let mut client = HealthClient::new(channel);
             let call = client.check(request);
-            match tokio::time::timeout(self.connect_timeout + self.rpc_timeout, call).await {
-                Err(_) => Outcome::Failed(ProbeError::RpcTimeout(self.rpc_timeout)),
+            match tokio::time::timeout(timeouts.connect + timeouts.rpc, call).await {
+                Err(_) => Outcome::Failed(ProbeError::RpcTimeout(timeouts.rpc)),
                 Ok(Ok(response)) => {
                     Outcome::Answered(ServingStatus::from_wire(response.into_inner().status))
                 }
-                Ok(Err(status)) => Outcome::Failed(self.classify(&status)),
+                Ok(Err(status)) => Outcome::Failed(classify(&status, self.tls, timeouts)),
             }
         })
     }
 }
 
-impl GrpcTarget {
-    /// Turns a failed call into the most specific reason its error chain supports.
-    fn classify(&self, status: &tonic::Status) -> ProbeError {
-        let mut connecting = false;
-        let mut deepest = None;
-        let mut source = status.source();
-        while let Some(error) = source {
-            if let Some(failure) = error.downcast_ref::<ConnectFailure>() {
-                return match failure {
-                    ConnectFailure::Dns(message) => ProbeError::Dns(message.clone()),
-                    ConnectFailure::Refused => ProbeError::ConnectionRefused,
-                    ConnectFailure::Timeout => ProbeError::ConnectTimeout(self.connect_timeout),
-                    ConnectFailure::Other(error) => ProbeError::Connect(error.to_string()),
-                };
-            }
-            if error.is::<tonic::TimeoutExpired>() {
-                return ProbeError::RpcTimeout(self.rpc_timeout);
-            }
-            connecting |= error.is::<tonic::ConnectError>();
-            deepest = Some(error);
-            source = error.source();
+/// Turns a failed call into the most specific reason its error chain supports.
+fn classify(status: &tonic::Status, tls: bool, timeouts: Timeouts) -> ProbeError {
+    let mut connecting = false;
+    let mut deepest = None;
+    let mut source = status.source();
+    while let Some(error) = source {
+        if let Some(failure) = error.downcast_ref::<ConnectFailure>() {
+            return match failure {
+                ConnectFailure::Dns(message) => ProbeError::Dns(message.clone()),
+                ConnectFailure::Refused => ProbeError::ConnectionRefused,
+                ConnectFailure::Timeout => ProbeError::ConnectTimeout(timeouts.connect),
+                ConnectFailure::Other(error) => ProbeError::Connect(error.to_string()),
+            };
         }
-        match deepest {
-            // Past the TCP connector, a connect error can only come from the TLS handshake.
-            Some(error) if connecting && self.tls => ProbeError::Tls(error.to_string()),
-            Some(error) if connecting => ProbeError::Connect(error.to_string()),
-            Some(error) => ProbeError::Transport(error.to_string()),
-            None => ProbeError::Status {
-                code: code_name(status.code()).to_string(),
-                message: status.message().to_string(),
-            },
+        if error.is::<tonic::TimeoutExpired>() {
+            return ProbeError::RpcTimeout(timeouts.rpc);
         }
+        connecting |= error.is::<tonic::ConnectError>();
+        deepest = Some(error);
+        source = error.source();
+    }
+    match deepest {
+        // Past the TCP connector, a connect error can only come from the TLS handshake.
+        Some(error) if connecting && tls => ProbeError::Tls(error.to_string()),
+        Some(error) if connecting => ProbeError::Connect(error.to_string()),
+        Some(error) => ProbeError::Transport(error.to_string()),
+        None => ProbeError::Status {
+            code: code_name(status.code()).to_string(),
+            message: status.message().to_string(),
+        },
     }
 }
 

@@ -56,6 +56,88 @@ pub async fn start_agent(flags: &[&str]) -> Agent {
     }
 }
 
+/// An agent configured from a TOML file, which the test can rewrite and reload.
+pub struct FileAgent {
+    pub agent: Agent,
+    pub config_path: std::path::PathBuf,
+    pub loaded: haproxy_grpc_agent::config::Loaded,
+    pub reloader: haproxy_grpc_agent::Reloader,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for FileAgent {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl FileAgent {
+    /// Starts an agent on 127.0.0.1:0 from `body` (the environment is ignored).
+    pub async fn start(body: &str) -> FileAgent {
+        let dir = std::env::temp_dir().join(format!(
+            "hga-file-agent-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config_path = dir.join("config.toml");
+        std::fs::write(&config_path, body).unwrap();
+        let loaded =
+            haproxy_grpc_agent::config::load(&Self::layers(&config_path)).expect("config is valid");
+        let shutdown = Shutdown::new();
+        let app = App::bind(loaded.settings.clone(), shutdown.clone())
+            .await
+            .expect("agent starts");
+        let addr = app.agent_addr();
+        let oracle = app.oracle().clone();
+        let reloader = app.reloader();
+        let serving = tokio::spawn(app.run());
+        let agent = Agent {
+            addr,
+            oracle,
+            shutdown,
+            serving,
+        };
+        FileAgent {
+            agent,
+            config_path,
+            loaded,
+            reloader,
+            dir,
+        }
+    }
+
+    fn layers(path: &std::path::Path) -> haproxy_grpc_agent::config::Layers<'static> {
+        let args = [
+            "haproxy-grpc-agent",
+            "--server-bind",
+            "127.0.0.1",
+            "--server-port",
+            "0",
+            "--config",
+            path.to_str().unwrap(),
+        ];
+        let invocation = haproxy_grpc_agent::config::cli::parse(args).unwrap();
+        haproxy_grpc_agent::config::Layers {
+            flags: invocation.flags,
+            config_file: invocation.config_file,
+            env: &|_| None,
+        }
+    }
+
+    /// Rewrites the file and reloads, as SIGHUP does.
+    pub fn reload(
+        &mut self,
+        body: &str,
+    ) -> Result<haproxy_grpc_agent::config::ReloadReport, Vec<String>> {
+        std::fs::write(&self.config_path, body).unwrap();
+        let layers = Self::layers(&self.config_path);
+        self.reloader
+            .reload(&layers, &mut self.loaded)
+            .map_err(|errors| errors.0.iter().map(|e| e.to_string()).collect())
+    }
+}
+
 /// One request the way HAProxy makes it: connect, send the line, read one reply line.
 pub async fn ask(addr: SocketAddr, line: &str) -> String {
     let mut stream = TcpStream::connect(addr).await.expect("connect to agent");
