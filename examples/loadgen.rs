@@ -43,6 +43,13 @@ const SERVICES_PER_BACKEND: usize = 100;
 
 fn main() {
     let args = Args::parse();
+    // Log as the daemon does (JSON at info, with connection spans), into a sink: the
+    // logging cost on the request path is part of what is measured.
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter("info")
+        .with_writer(std::io::sink)
+        .init();
     // The servers (agent, ceiling, backends) get their own runtime and threads; the load
     // generator gets another, as HAProxy would be another process.
     let servers = tokio::runtime::Builder::new_multi_thread()

@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::connection::{Connection, Frame};
 use crate::protocol::{self, Reply, Target};
@@ -66,15 +67,17 @@ pub async fn serve<A: Answer>(
     let tracker = TaskTracker::new();
     let mut backoff = ACCEPT_BACKOFF_MIN;
     let mut refusing = false;
+    // Numbers connections for their log span: a short id that orders them.
+    let mut connections: u64 = 0;
     loop {
         let accepted = tokio::select! {
             _ = shutdown.triggered() => break,
             accepted = listener.accept() => accepted,
         };
-        let stream = match accepted {
-            Ok((stream, _peer)) => {
+        let (stream, peer) = match accepted {
+            Ok(accepted) => {
                 backoff = ACCEPT_BACKOFF_MIN;
-                stream
+                accepted
             }
             Err(error) if is_per_connection_error(&error) => continue,
             Err(error) => {
@@ -106,13 +109,11 @@ pub async fn serve<A: Answer>(
         }
         let answer = answer.clone();
         let shutdown = shutdown.clone();
-        tracker.spawn(handle(
-            stream,
-            permit,
-            answer,
-            Arc::clone(&config),
-            shutdown,
-        ));
+        connections += 1;
+        let id = format!("{connections:x}");
+        let span = tracing::info_span!("conn", %id, %peer, backend = tracing::field::Empty);
+        let handled = handle(stream, permit, answer, Arc::clone(&config), shutdown);
+        tracker.spawn(handled.instrument(span));
     }
     drop(listener);
     tracker.close();
@@ -178,10 +179,14 @@ async fn handle<A: Answer>(
             Frame::End => return,
             Frame::TooLong => (Reply::down("request line too long"), true),
             Frame::Line(line) => match protocol::parse_request(line) {
-                Ok(target) => (answer.answer(target).await, false),
+                Ok(target) => {
+                    tracing::Span::current().record("backend", tracing::field::display(&target));
+                    (answer.answer(target).await, false)
+                }
                 Err(error) => (Reply::bad_request(&error), false),
             },
         };
+        tracing::debug!(reply = %reply.to_line().trim_end(), "answered");
         let written =
             tokio::time::timeout(config.read_deadline, connection.write_reply(&reply)).await;
         match written {
