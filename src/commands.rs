@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::config::spec::SETTINGS;
-use crate::config::{Resolved, Settings};
+use crate::config::spec::{SETTINGS, Spec};
+use crate::config::{Loaded, Settings, Source};
 use crate::probe::{GrpcProbe, Outcome, Probe, ProbeError, ServingStatus};
 use crate::protocol::{self, Target};
 
@@ -92,8 +92,10 @@ pub async fn query(agent: &str, line: &str, within: Duration) -> Result<String, 
 }
 
 /// The effective configuration as a loadable TOML file, each value commented with the
-/// layer it came from.
-pub fn describe(resolved: &Resolved) -> String {
+/// layer it came from. Values computed from others are shown as comments; metadata values
+/// are redacted (they often carry credentials, and `--check-config` output ends up in
+/// journals).
+pub fn describe(loaded: &Loaded) -> String {
     let width = SETTINGS
         .iter()
         .map(|spec| spec.key.len())
@@ -101,17 +103,84 @@ pub fn describe(resolved: &Resolved) -> String {
         .unwrap_or(0);
     let mut out = String::new();
     for spec in SETTINGS {
-        match resolved.get(spec.key) {
-            Some(value) => {
-                let assignment = format!("{} = {:?}", spec.key, value.text);
-                out.push_str(&format!(
-                    "{assignment:<pad$}  # {}\n",
-                    value.source,
-                    pad = width + 24
-                ));
+        let (line, comment) = match loaded.resolved.get(spec.key) {
+            Some(value) if spec.key == "miss_timeout" && value.source == Source::Default => {
+                // The default shrinks to what a first probe can take at most.
+                let effective = format!("{}ms", loaded.settings.oracle.miss_timeout.as_millis());
+                (
+                    format!("miss_timeout = {}", toml::Value::from(effective.as_str())),
+                    "default: at most grpc_connect_timeout + grpc_rpc_timeout".to_string(),
+                )
             }
-            None => out.push_str(&format!("# {:<width$} (unset)\n", spec.key)),
-        }
+            Some(value) => (
+                format!("{} = {}", spec.key, toml_value(spec, &value.text)),
+                value.source.to_string(),
+            ),
+            None => match derived(loaded, spec.key) {
+                Some((value, how)) => (format!("# {} = {value:?}", spec.key), how),
+                None => (format!("# {}", spec.key), "unset".to_string()),
+            },
+        };
+        out.push_str(&format!("{line:<pad$}  # {comment}\n", pad = width + 24));
     }
     out
+}
+
+/// A setting's text as TOML: numbers and booleans bare, lists and maps as inline tables.
+fn toml_value(spec: &Spec, text: &str) -> String {
+    if spec.multi {
+        let pairs: Vec<String> = text
+            .split(',')
+            .filter(|pair| !pair.is_empty())
+            .map(|pair| {
+                let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+                let value = if spec.key == "grpc_metadata" {
+                    "<redacted>"
+                } else {
+                    value
+                };
+                format!("{} = {}", toml_key(name), toml::Value::from(value))
+            })
+            .collect();
+        return format!("{{ {} }}", pairs.join(", "));
+    }
+    let bare = match spec.unit {
+        "bool" => text.parse::<bool>().is_ok(),
+        "count" | "port" | "bytes" | "percent" => text.parse::<i64>().is_ok(),
+        _ => false,
+    };
+    if bare {
+        text.to_string()
+    } else {
+        toml::Value::from(text).to_string()
+    }
+}
+
+/// A table key: bare when TOML allows it, quoted otherwise (module paths have `::`).
+fn toml_key(name: &str) -> String {
+    let bare = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if bare {
+        name.to_string()
+    } else {
+        toml::Value::from(name).to_string()
+    }
+}
+
+/// The value the agent uses for a setting no layer set, and how it was derived.
+fn derived(loaded: &Loaded, key: &str) -> Option<(String, String)> {
+    let settings = &loaded.settings;
+    match key {
+        "stale_after" => Some((
+            format!("{}ms", settings.oracle.stale_after.as_millis()),
+            "unset: 3 check intervals plus both gRPC timeouts".to_string(),
+        )),
+        "user_agent" => Some((
+            settings.probe.user_agent.clone(),
+            "unset: the built-in user agent".to_string(),
+        )),
+        _ => None,
+    }
 }

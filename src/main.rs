@@ -22,6 +22,9 @@ fn main() -> ExitCode {
         }
         Err(error) => {
             let _ = error.print();
+            if config::cli::names_probe(std::env::args_os()) {
+                return ExitCode::from(commands::exit::BAD_ARGUMENTS);
+            }
             return ExitCode::from(EX_USAGE);
         }
     };
@@ -43,7 +46,7 @@ fn main() -> ExitCode {
         }
     };
     if invocation.check_config {
-        print!("{}", commands::describe(&loaded.resolved));
+        print!("{}", commands::describe(&loaded));
         println!("# configuration is valid");
         return ExitCode::SUCCESS;
     }

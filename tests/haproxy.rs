@@ -178,3 +178,34 @@ async fn haproxy_follows_backend_health_through_the_agent() {
     healthy.set("", Wire::Serving);
     haproxy.wait_for("a", "UP", "SERVING").await;
 }
+
+/// `--not-serving-reply drain|maint`: a NOT_SERVING backend goes DRAIN or MAINT in
+/// HAProxy (not DOWN), and comes back UP when it serves again (the agent adds `ready`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_serving_can_drain_or_maint_and_ready_brings_it_back() {
+    for (policy, status) in [("drain", "DRAIN"), ("maint", "MAINT")] {
+        let backend = HealthBackend::start().await;
+        let agent = start_agent(&[
+            "--check-interval",
+            "100ms",
+            "--rise",
+            "1",
+            "--fall",
+            "1",
+            "--not-serving-reply",
+            policy,
+        ])
+        .await;
+        let haproxy = Haproxy::start(
+            agent.addr.port(),
+            &[("a", backend.port(), line_for(backend.port(), ""))],
+        );
+        haproxy.wait_for("a", "UP", "SERVING").await;
+        backend.set("", Wire::NotServing);
+        // HAProxy shows `DRAIN (agent)` / `MAINT (via agent)`, and keeps no last_agt text
+        // for these replies.
+        haproxy.wait_for("a", status, "").await;
+        backend.set("", Wire::Serving);
+        haproxy.wait_for("a", "UP", "SERVING").await;
+    }
+}

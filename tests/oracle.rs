@@ -129,20 +129,7 @@ async fn services_known_and_unknown() {
 
 #[tokio::test]
 async fn backend_without_health_service_is_down_unimplemented() {
-    // A gRPC server that serves nothing: every call ends at once with UNIMPLEMENTED.
-    use tonic::codegen::http;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let nothing = tower::service_fn(|_request: http::Request<tonic::body::Body>| async {
-        let response = http::Response::builder()
-            .header("content-type", "application/grpc")
-            .header("grpc-status", "12")
-            .body(tonic::body::Body::empty())
-            .unwrap();
-        Ok::<_, std::convert::Infallible>(response)
-    });
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tokio::spawn(tonic::transport::Server::builder().serve_with_incoming(nothing, incoming));
+    let (port, _server) = unimplemented_backend().await;
     let agent = start_agent(&[]).await;
     let reply = ask(agent.addr, &line_for(port, "")).await;
     assert!(reply.starts_with("down #grpc UNIMPLEMENTED"), "{reply:?}");

@@ -52,6 +52,7 @@ pub fn command() -> Command {
                 .value_name("PATH")
                 .global(true)
                 .env("HAPROXY_AGENT_CONFIG")
+                .hide_env_values(true)
                 .value_parser(clap::value_parser!(PathBuf))
                 .help("TOML configuration file"),
         )
@@ -75,11 +76,25 @@ pub fn command() -> Command {
                 .arg(Arg::new("agent").long("agent").value_name("HOST:PORT").default_value("127.0.0.1:5555").help("the agent to ask"))
                 .arg(Arg::new("line").required(true).value_name("LINE").help("request line, e.g. \"10.0.0.7 50051 no-ssl api.internal\"")),
         );
+    let mut heading = None;
     for spec in SETTINGS {
-        command = command.arg(setting_arg(spec));
+        if let Some((_, title)) = HEADINGS.iter().find(|(first, _)| *first == spec.key) {
+            heading = Some(*title);
+        }
+        command = command.arg(setting_arg(spec).help_heading(heading));
     }
     command
 }
+
+/// Help sections: each starts at its first setting in the table's order.
+const HEADINGS: &[(&str, &str)] = &[
+    ("server_bind", "Agent listener"),
+    ("grpc_connect_timeout", "gRPC probes"),
+    ("check_interval", "Health oracle"),
+    ("not_serving_reply", "Replies"),
+    ("metrics_bind", "Admin and metrics listener"),
+    ("log_level", "Logging"),
+];
 
 fn setting_arg(spec: &'static Spec) -> Arg {
     let mut help = format!("{} [env: {}]", spec.help, spec.env());
@@ -143,6 +158,19 @@ where
         flags,
         action,
     })
+}
+
+/// Whether the command line names the `probe` subcommand, even if it is otherwise wrong:
+/// probe's argument errors exit 1, as grpc-health-probe's do.
+pub fn names_probe<I, T>(args: I) -> bool
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    command()
+        .ignore_errors(true)
+        .try_get_matches_from(args)
+        .is_ok_and(|matches| matches.subcommand_name() == Some("probe"))
 }
 
 fn text(matches: &ArgMatches, id: &str) -> Option<String> {

@@ -48,8 +48,11 @@ pub struct Layers<'a> {
 }
 
 impl Layers<'_> {
-    /// Every setting's winning value; all problems found in any layer at once.
-    pub fn resolve(&self) -> Result<Resolved, Vec<SettingError>> {
+    /// Every setting's winning value, and the problems found in the layers themselves
+    /// (unreadable file, unknown keys, wrong TOML types). The values that could be read
+    /// are returned either way, so they can be checked too and every problem reported
+    /// at once.
+    pub fn resolve(&self) -> (Resolved, Vec<SettingError>) {
         let mut resolved = Resolved::new();
         let mut errors = Vec::new();
         for spec in SETTINGS {
@@ -74,10 +77,9 @@ impl Layers<'_> {
             }
         }
         if let Some(path) = &self.config_file {
-            match read_file(path) {
-                Ok(values) => resolved.extend(values),
-                Err(mut file_errors) => errors.append(&mut file_errors),
-            }
+            let (values, mut file_errors) = read_file(path);
+            resolved.extend(values);
+            errors.append(&mut file_errors);
         }
         for (spec, values) in &self.flags {
             let text = values.join(",");
@@ -89,26 +91,30 @@ impl Layers<'_> {
                 },
             );
         }
-        if errors.is_empty() {
-            Ok(resolved)
-        } else {
-            Err(errors)
-        }
+        (resolved, errors)
     }
 }
 
 /// Reads a TOML config file: flat keys named like the settings (or UnitedTraders'
-/// names), tables for map settings, and UnitedTraders' `[logging]` section.
-pub fn read_file(path: &Path) -> Result<Resolved, Vec<SettingError>> {
-    let file_error = |problem: String| vec![SettingError::file(path, problem)];
-    let text = std::fs::read_to_string(path).map_err(|error| {
-        file_error(format!(
-            "cannot read it: {error}; check the path given with --config"
-        ))
-    })?;
-    let table: toml::Table = text.parse().map_err(|error: toml::de::Error| {
-        file_error(format!("not valid TOML: {}", error.to_string().trim_end()))
-    })?;
+/// names), tables for map settings, and UnitedTraders' `[logging]` section. Returns the
+/// values it could read and the problems with the others.
+pub fn read_file(path: &Path) -> (Resolved, Vec<SettingError>) {
+    let file_error = |problem: String| (Resolved::new(), vec![SettingError::file(path, problem)]);
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) => {
+            return file_error(format!(
+                "cannot read it: {error}; check the path given with --config"
+            ));
+        }
+    };
+    let table: toml::Table = match text.parse() {
+        Ok(table) => table,
+        Err(error) => {
+            let error: toml::de::Error = error;
+            return file_error(format!("not valid TOML: {}", error.to_string().trim_end()));
+        }
+    };
     let mut resolved = Resolved::new();
     let mut errors = Vec::new();
     // UnitedTraders' [logging] values win over its top-level log_level/log_format, so
@@ -136,11 +142,7 @@ pub fn read_file(path: &Path) -> Result<Resolved, Vec<SettingError>> {
     for (_, logging) in logging {
         read_logging_section(path, logging, &mut resolved, &mut errors);
     }
-    if errors.is_empty() {
-        Ok(resolved)
-    } else {
-        Err(errors)
-    }
+    (resolved, errors)
 }
 
 /// Turns a TOML value into the setting's raw text.

@@ -73,7 +73,7 @@ impl SettingError {
 
     fn file_key(path: &Path, key: &str, problem: String) -> SettingError {
         SettingError {
-            key: format!("{key} (file {})", path.display()),
+            key: format!("{key} (from file {})", path.display()),
             value: None,
             problem,
         }
@@ -149,9 +149,22 @@ impl Loaded {
 
 /// Resolves the layers and validates the result.
 pub fn load(layers: &Layers<'_>) -> Result<Loaded, ConfigErrors> {
-    let resolved = layers.resolve().map_err(ConfigErrors)?;
-    let settings = Settings::from_resolved(&resolved).map_err(ConfigErrors)?;
+    let (resolved, settings) = resolve_and_check(layers)?;
     Ok(Loaded { settings, resolved })
+}
+
+/// The layers' values, checked: the layers' own problems and the values' problems
+/// together, so one run shows everything to fix.
+fn resolve_and_check(layers: &Layers<'_>) -> Result<(Resolved, Settings), ConfigErrors> {
+    let (resolved, mut errors) = layers.resolve();
+    match Settings::from_resolved(&resolved) {
+        Ok(settings) if errors.is_empty() => Ok((resolved, settings)),
+        Ok(_) => Err(ConfigErrors(errors)),
+        Err(mut value_errors) => {
+            errors.append(&mut value_errors);
+            Err(ConfigErrors(errors))
+        }
+    }
 }
 
 /// What a reload did.
@@ -170,8 +183,7 @@ pub fn reload(
     layers: &Layers<'_>,
     current: &Loaded,
 ) -> Result<(Loaded, ReloadReport), ConfigErrors> {
-    let fresh = layers.resolve().map_err(ConfigErrors)?;
-    Settings::from_resolved(&fresh).map_err(ConfigErrors)?;
+    let (fresh, _) = resolve_and_check(layers)?;
     let mut merged = Resolved::new();
     let mut report = ReloadReport::default();
     for spec in spec::SETTINGS {

@@ -389,7 +389,7 @@ fn every_validation_rule_names_setting_layer_value_and_fix() {
             &[],
             "stale_after = \"3s\" (from flag --stale-after): 3s must exceed check_interval plus both gRPC timeouts (4.5s)",
         ),
-        (&[], Some("bogus = 1"), &[], "bogus (file "),
+        (&[], Some("bogus = 1"), &[], "bogus (from file "),
         (
             &[],
             Some("rise = [1]"),
@@ -401,7 +401,7 @@ fn every_validation_rule_names_setting_layer_value_and_fix() {
             &[],
             Some("[logging]\nwhatever = 1"),
             &[],
-            "logging.whatever (file ",
+            "logging.whatever (from file ",
         ),
     ];
     for (flags, file, env, expected) in table {
@@ -447,7 +447,7 @@ fn tls_pairs_and_conflicts() {
 fn every_problem_is_reported_at_once() {
     let errors = load_with(
         &["--rise", "0", "--fall", "x"],
-        Some("max_line = 1"),
+        Some("max_line = 1\nbogus = 2\ncheck_jitter = [5]\n"),
         &[("HAPROXY_AGENT_SERVER_PORT", "-1")],
     )
     .unwrap_err();
@@ -455,5 +455,17 @@ fn every_problem_is_reported_at_once() {
         .iter()
         .map(|e| e.split(' ').next().unwrap())
         .collect();
-    assert_eq!(keys, ["server_port", "max_line", "rise", "fall"]);
+    // The file's own problems (unknown key, wrong type) first, then every bad value.
+    assert_eq!(
+        keys,
+        [
+            "bogus",
+            "check_jitter",
+            "server_port",
+            "max_line",
+            "rise",
+            "fall"
+        ],
+        "{errors:#?}"
+    );
 }

@@ -53,12 +53,55 @@ pub enum ProbeSetupError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{path} holds no {expected}; give a PEM file with one")]
+    Pem {
+        path: PathBuf,
+        expected: &'static str,
+    },
     #[error("invalid grpc metadata {0:?}: use a lowercase name and a printable ASCII value")]
     Metadata(String),
     #[error("invalid tls settings: {0}")]
     Tls(String),
     #[error("invalid user agent {0:?}: use printable ASCII")]
     UserAgent(String),
+}
+
+/// What a PEM file must hold.
+#[derive(Clone, Copy)]
+enum Pem {
+    Certificates,
+    PrivateKey,
+}
+
+/// Reads a PEM file and checks that it holds what it should, so a wrong file is named at
+/// start-up. Errors never quote the contents (a key file's bytes are a secret).
+fn read_pem(path: &PathBuf, expected: Pem) -> Result<Vec<u8>, ProbeSetupError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bytes = std::fs::read(path).map_err(|source| ProbeSetupError::File {
+        path: path.clone(),
+        source,
+    })?;
+    let (valid, what) = match expected {
+        Pem::Certificates => {
+            let mut certificates = CertificateDer::pem_slice_iter(&bytes);
+            let valid = certificates
+                .try_fold(0usize, |count, certificate| certificate.map(|_| count + 1))
+                .is_ok_and(|count| count > 0);
+            (valid, "certificate")
+        }
+        Pem::PrivateKey => (
+            PrivateKeyDer::from_pem_slice(&bytes).is_ok(),
+            "private key (PKCS#8, PKCS#1 or SEC1)",
+        ),
+    };
+    if !valid {
+        return Err(ProbeSetupError::Pem {
+            path: path.clone(),
+            expected: what,
+        });
+    }
+    Ok(bytes)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -90,18 +133,14 @@ impl GrpcProbe {
     /// Loads the CA, certificate and key files and settles which roots TLS uses. A machine
     /// without system roots still verifies against the CA file, if one is given.
     pub fn new(config: ProbeConfig) -> Result<GrpcProbe, ProbeSetupError> {
-        let read = |path: &PathBuf| {
-            std::fs::read(path).map_err(|source| ProbeSetupError::File {
-                path: path.clone(),
-                source,
-            })
-        };
         let mut tls = ClientTlsConfig::new().timeout(config.connect_timeout);
         if let Some(path) = &config.tls.ca_file {
-            tls = tls.ca_certificate(Certificate::from_pem(read(path)?));
+            tls = tls.ca_certificate(Certificate::from_pem(read_pem(path, Pem::Certificates)?));
         }
         if let (Some(cert), Some(key)) = (&config.tls.cert_file, &config.tls.key_file) {
-            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+            let cert = read_pem(cert, Pem::Certificates)?;
+            let key = read_pem(key, Pem::PrivateKey)?;
+            tls = tls.identity(Identity::from_pem(cert, key));
         }
         let verifier = config.tls.insecure_skip_verify.then(|| {
             tracing::warn!("tls_insecure_skip_verify is on: backend certificates are NOT verified");

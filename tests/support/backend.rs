@@ -31,6 +31,8 @@ struct Shared {
     checks: Mutex<HashMap<String, u64>>,
     total_checks: AtomicU64,
     open_connections: AtomicUsize,
+    /// The request headers of the last Check.
+    last_metadata: Mutex<Option<tonic::metadata::MetadataMap>>,
 }
 
 #[derive(Clone)]
@@ -42,6 +44,7 @@ impl Health for Service {
         &self,
         request: Request<HealthCheckRequest>,
     ) -> Result<Response<HealthCheckResponse>, Status> {
+        *self.0.last_metadata.lock().unwrap() = Some(request.metadata().clone());
         let service = request.into_inner().service;
         self.0.total_checks.fetch_add(1, Ordering::Relaxed);
         *self
@@ -91,7 +94,20 @@ impl HealthBackend {
         HealthBackend::start_on("127.0.0.1:0".parse().unwrap(), Some(identity)).await
     }
 
+    /// Serves TLS and accepts only clients with a certificate signed by `client_ca_pem`.
+    pub async fn start_mtls(cert_pem: &str, key_pem: &str, client_ca_pem: &str) -> HealthBackend {
+        let tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(cert_pem, key_pem))
+            .client_ca_root(tonic::transport::Certificate::from_pem(client_ca_pem));
+        HealthBackend::start_with("127.0.0.1:0".parse().unwrap(), Some(tls)).await
+    }
+
     pub async fn start_on(addr: SocketAddr, tls: Option<Identity>) -> HealthBackend {
+        let tls = tls.map(|identity| ServerTlsConfig::new().identity(identity));
+        HealthBackend::start_with(addr, tls).await
+    }
+
+    pub async fn start_with(addr: SocketAddr, tls: Option<ServerTlsConfig>) -> HealthBackend {
         let listener = TcpListener::bind(addr).await.expect("bind health backend");
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared::default());
@@ -107,10 +123,8 @@ impl HealthBackend {
                 stream.map(|stream| CountedStream::new(stream, Arc::clone(&counted)))
             });
         let mut builder = Server::builder();
-        if let Some(identity) = tls {
-            builder = builder
-                .tls_config(ServerTlsConfig::new().identity(identity))
-                .expect("tls config");
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls).expect("tls config");
         }
         let service = HealthServer::new(Service(Arc::clone(&shared)));
         tokio::spawn(async move {
@@ -160,6 +174,13 @@ impl HealthBackend {
     /// Check calls received for every service together.
     pub fn total_checks(&self) -> u64 {
         self.shared.total_checks.load(Ordering::Relaxed)
+    }
+
+    /// A request header of the last Check, if it had one.
+    pub fn last_header(&self, name: &str) -> Option<String> {
+        let metadata = self.shared.last_metadata.lock().unwrap();
+        let value = metadata.as_ref()?.get(name)?;
+        Some(value.to_str().ok()?.to_string())
     }
 
     /// TCP connections currently open to this backend.

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod daemon;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -215,6 +216,35 @@ pub async fn silent_backend() -> (u16, AbortOnDrop) {
     (port, AbortOnDrop(held))
 }
 
+/// A gRPC server that serves nothing: every call ends at once with UNIMPLEMENTED, as a
+/// server without the health service answers. Stops when the guard is dropped.
+pub async fn unimplemented_backend() -> (u16, AbortOnDrop) {
+    use tonic::codegen::http;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let nothing = tower::service_fn(|_request: http::Request<tonic::body::Body>| async {
+        let response = http::Response::builder()
+            .header("content-type", "application/grpc")
+            .header("grpc-status", "12")
+            .body(tonic::body::Body::empty())
+            .unwrap();
+        Ok::<_, std::convert::Infallible>(response)
+    });
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let serving = tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .serve_with_incoming(nothing, incoming)
+            .await;
+    });
+    (port, AbortOnDrop(serving))
+}
+
+/// A loopback port nothing listens on (bound once, then released).
+pub fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
 /// Aborts a spawned task when dropped.
 pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
 
@@ -229,12 +259,18 @@ pub struct TestPki {
     pub ca_pem: String,
     pub cert_pem: String,
     pub key_pem: String,
+    /// A client certificate for mTLS, signed by the same CA.
+    pub client_cert_pem: String,
+    pub client_key_pem: String,
 }
 
 impl TestPki {
     /// A CA and a leaf certificate valid for `names`.
     pub fn new(names: &[&str]) -> TestPki {
-        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa,
+            KeyPair,
+        };
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
@@ -244,10 +280,16 @@ impl TestPki {
             .unwrap()
             .signed_by(&leaf_key, &ca)
             .unwrap();
+        let client_key = KeyPair::generate().unwrap();
+        let mut client_params = CertificateParams::new(vec!["agent.test".to_string()]).unwrap();
+        client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let client = client_params.signed_by(&client_key, &ca).unwrap();
         TestPki {
             ca_pem: ca.pem(),
             cert_pem: leaf.pem(),
             key_pem: leaf_key.serialize_pem(),
+            client_cert_pem: client.pem(),
+            client_key_pem: client_key.serialize_pem(),
         }
     }
 }
