@@ -200,9 +200,33 @@ async fn check_config_exits_64_naming_every_problem_in_every_layer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_the_bound_address_answers_and_stops_on_sigterm() {
     let backend = HealthBackend::start().await;
-    let mut agent = Daemon::start(&["--log-format", "json"], &[]);
-    let reply = ask(agent.addr(), &line_for(backend.port(), "")).await;
+    let mut agent = Daemon::start(
+        &[
+            "--log-format",
+            "json",
+            "--log-modules",
+            "haproxy_grpc_agent::responder=debug",
+        ],
+        &[],
+    );
+    let line = line_for(backend.port(), "");
+    let reply = ask(agent.addr(), &line).await;
     assert!(reply.starts_with("up #SERVING"), "{reply:?}");
+    // The transition is one info line with old state, new state and reason.
+    let changed = agent.wait_for_log("\"backend state changed\"", Duration::from_secs(5));
+    for field in ["\"from\":\"new\"", "\"to\":\"up\"", "\"reason\":\"SERVING"] {
+        assert!(changed.contains(field), "{field} in {changed}");
+    }
+    // The answer is logged (at debug) inside the connection's span: id, peer, backend.
+    let answered = agent.wait_for_log("\"answered\"", Duration::from_secs(5));
+    for field in [
+        "\"name\":\"conn\"",
+        "\"id\":",
+        "\"peer\":\"127.0.0.1:",
+        &line,
+    ] {
+        assert!(answered.contains(field), "{field} in {answered}");
+    }
     // The settings are logged at start, metadata values redacted.
     let starting = agent.wait_for_log("\"starting\"", Duration::from_secs(1));
     assert!(starting.contains("check_interval=2000ms"), "{starting}");
