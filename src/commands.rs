@@ -2,7 +2,6 @@
 //! codes as grpc-health-probe) and `query` (ask a running agent one line), and the
 //! `--check-config` report.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -66,13 +65,33 @@ pub async fn probe(settings: &Settings, target: &Target) -> (u8, String) {
     (code, format!("{} ({elapsed}) {target}", outcome.reason()))
 }
 
-/// Sends one request line to a running agent and returns its reply line.
-pub async fn query(agent: &str, line: &str, within: Duration) -> Result<String, String> {
-    let agent: SocketAddr = agent
-        .parse()
-        .map_err(|_| format!("--agent {agent:?} is not IP:PORT"))?;
+/// Why `query` got no reply.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The command line is wrong.
+    #[error("{0}")]
+    Usage(String),
+    /// The agent could not be reached or did not answer.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Sends one request line to a running agent (`--agent` is `HOST:PORT`, a name resolves)
+/// and returns its reply line.
+pub async fn query(agent: &str, line: &str, within: Duration) -> Result<String, QueryError> {
+    let (host, port) = agent
+        .rsplit_once(':')
+        .filter(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+        .ok_or_else(|| {
+            QueryError::Usage(format!(
+                "--agent {agent:?} is not HOST:PORT (e.g. 127.0.0.1:5555, [::1]:5555)"
+            ))
+        })?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port: u16 = port.parse().expect("checked above");
+    let unavailable = QueryError::Unavailable;
     let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(agent).await?;
+        let mut stream = tokio::net::TcpStream::connect((host, port)).await?;
         stream
             .write_all(format!("{}\n", line.trim_end()).as_bytes())
             .await?;
@@ -84,11 +103,22 @@ pub async fn query(agent: &str, line: &str, within: Duration) -> Result<String, 
         Ok::<_, std::io::Error>(String::from_utf8_lossy(&reply).trim_end().to_string())
     };
     match tokio::time::timeout(within, exchange).await {
-        Err(_) => Err(format!("no reply from {agent} within {within:?}")),
-        Ok(Err(error)) => Err(format!("cannot ask {agent}: {error}")),
-        Ok(Ok(reply)) if reply.is_empty() => Err(format!("{agent} closed without a reply")),
+        Err(_) => Err(unavailable(format!(
+            "no reply from {agent} within {within:?}"
+        ))),
+        Ok(Err(error)) => Err(unavailable(format!("cannot ask {agent}: {error}"))),
+        Ok(Ok(reply)) if reply.is_empty() => {
+            Err(unavailable(format!("{agent} closed without a reply")))
+        }
         Ok(Ok(reply)) => Ok(reply),
     }
+}
+
+/// `--check-config`: the settings must also build a prober (the TLS files are read and
+/// parsed, as at start-up). Returns the report or the problem.
+pub fn check_config(loaded: &Loaded) -> Result<String, String> {
+    GrpcProbe::new(loaded.settings.probe.clone()).map_err(|error| error.to_string())?;
+    Ok(format!("{}# configuration is valid\n", describe(loaded)))
 }
 
 /// The effective configuration as a loadable TOML file, each value commented with the

@@ -46,9 +46,16 @@ fn main() -> ExitCode {
         }
     };
     if invocation.check_config {
-        print!("{}", commands::describe(&loaded));
-        println!("# configuration is valid");
-        return ExitCode::SUCCESS;
+        return match commands::check_config(&loaded) {
+            Ok(report) => {
+                print!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(problem) => {
+                eprintln!("error: {problem}");
+                ExitCode::from(EX_USAGE)
+            }
+        };
     }
     let runtime = tokio::runtime::Runtime::new().expect("cannot start the tokio runtime");
     match invocation.action {
@@ -76,7 +83,11 @@ fn main() -> ExitCode {
                     println!("{reply}");
                     ExitCode::SUCCESS
                 }
-                Err(problem) => {
+                Err(commands::QueryError::Usage(problem)) => {
+                    eprintln!("error: {problem}");
+                    ExitCode::from(EX_USAGE)
+                }
+                Err(commands::QueryError::Unavailable(problem)) => {
                     eprintln!("error: {problem}");
                     ExitCode::from(EX_UNAVAILABLE)
                 }

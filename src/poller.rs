@@ -80,6 +80,10 @@ pub struct Health {
     pub latency: Duration,
     pub consecutive_successes: u32,
     pub consecutive_failures: u32,
+    /// The latest unhealthy outcome. While a down target counts healthy probes back up
+    /// to `rise`, it is answered with this outcome's verdict, so a drained backend stays
+    /// drained (not down) until it is up again.
+    pub last_failure: Option<Outcome>,
 }
 
 impl Health {
@@ -95,6 +99,7 @@ impl Health {
             up: healthy,
             consecutive_successes: healthy as u32,
             consecutive_failures: !healthy as u32,
+            last_failure: (!healthy).then(|| last.clone()),
             last,
             probed_at,
             latency,
@@ -122,8 +127,14 @@ impl Health {
         } else {
             successes >= rise
         };
+        let last_failure = if healthy {
+            self.last_failure.clone()
+        } else {
+            Some(last.clone())
+        };
         Health {
             up,
+            last_failure,
             last,
             probed_at,
             latency,
@@ -161,7 +172,8 @@ impl Health {
                 ..Reply::up(reason)
             }
         } else {
-            Reply::new(policy.unhealthy_verdict(&self.last), reason)
+            let failure = self.last_failure.as_ref().unwrap_or(&self.last);
+            Reply::new(policy.unhealthy_verdict(failure), reason)
         }
     }
 }
@@ -357,6 +369,16 @@ mod tests {
                 "drain #NOT_SERVING",
                 "down #connection refused",
                 "down #SERVING 0.7ms (1/2 to up)",
+                "up ready #SERVING 0.7ms",
+            ],
+        );
+        // Recovering from NOT_SERVING stays drained (never down) until `rise`.
+        check_with(
+            drain,
+            &[not_serving.clone(), serving(), serving()],
+            &[
+                "drain #NOT_SERVING",
+                "drain #SERVING 0.7ms (1/2 to up)",
                 "up ready #SERVING 0.7ms",
             ],
         );

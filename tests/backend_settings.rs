@@ -158,3 +158,37 @@ async fn not_serving_answers_the_policy_and_serving_again_says_ready() {
         reply_becomes(agent.addr, &line, "up ready #SERVING", within).await;
     }
 }
+
+#[tokio::test]
+async fn without_the_channel_cache_every_check_has_its_own_connection() {
+    let backend = HealthBackend::start().await;
+    let agent = start_agent(&["--check-interval", "50ms", "--grpc-channel-cache", "false"]).await;
+    let line = line_for(backend.port(), "");
+    assert!(ask(agent.addr, &line).await.starts_with("up #SERVING"));
+    eventually(Duration::from_secs(5), "four checks", || async {
+        backend.checks("") >= 4
+    })
+    .await;
+    let (checks, accepted) = (backend.checks(""), backend.accepted_connections());
+    assert!(
+        accepted + 1 >= checks as usize,
+        "{accepted} connections for {checks} checks"
+    );
+
+    let cached = HealthBackend::start().await;
+    let agent = start_agent(&["--check-interval", "50ms"]).await;
+    assert!(
+        ask(agent.addr, &line_for(cached.port(), ""))
+            .await
+            .starts_with("up #SERVING")
+    );
+    eventually(Duration::from_secs(5), "four checks", || async {
+        cached.checks("") >= 4
+    })
+    .await;
+    assert_eq!(
+        cached.accepted_connections(),
+        1,
+        "one connection for every check"
+    );
+}

@@ -187,6 +187,19 @@ async fn check_config_exits_64_naming_every_problem_in_every_layer() {
             "{needle:?} not in:\n{errors}"
         );
     }
+    // TLS files are read and parsed, as at start-up.
+    let not_pem = dir.write("ca.pem", "not a certificate");
+    let output = run(
+        &["--tls-ca-file", not_pem.to_str().unwrap(), "--check-config"],
+        &[],
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(64));
+    let errors = stderr(&output);
+    assert!(
+        errors.contains(&format!("{} holds no certificate", not_pem.display())),
+        "{errors}"
+    );
     // A missing file is a problem of the file layer, named with its path.
     let output = run(&["-c", "/nonexistent/agent.toml", "--check-config"], &[]).await;
     assert_eq!(output.status.code(), Some(64));
@@ -431,6 +444,20 @@ async fn query_prints_the_agent_reply() {
         "{}",
         stdout(&output)
     );
+
+    // A name resolves.
+    let by_name = format!("localhost:{}", agent.addr.port());
+    let output = run(&["query", "--agent", &by_name, &line], &[]).await;
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(
+        stdout(&output).starts_with("up #SERVING"),
+        "{}",
+        stdout(&output)
+    );
+
+    let output = run(&["query", "--agent", "5555", &line], &[]).await;
+    assert_eq!(output.status.code(), Some(64));
+    assert!(stderr(&output).contains("HOST:PORT"), "{}", stderr(&output));
 
     let nobody = format!("127.0.0.1:{}", closed_port());
     let output = run(&["query", "--agent", &nobody, &line], &[]).await;

@@ -202,7 +202,7 @@ async fn not_serving_can_drain_or_maint_and_ready_brings_it_back() {
         );
         haproxy.wait_for("a", "UP", "SERVING").await;
         backend.set("", Wire::NotServing);
-        // HAProxy shows `DRAIN (agent)` / `MAINT (via agent)`, and keeps no last_agt text
+        // HAProxy shows `DRAIN (agent)` or a MAINT state, and keeps no last_agt text
         // for these replies.
         haproxy.wait_for("a", status, "").await;
         backend.set("", Wire::Serving);

@@ -103,6 +103,7 @@ fn setting_arg(spec: &'static Spec) -> Arg {
     }
     let arg = Arg::new(spec.key)
         .long(spec.flag()[2..].to_string())
+        .aliases(spec.alias_flags())
         .value_name(spec.unit.to_ascii_uppercase())
         .global(true)
         .help(help);

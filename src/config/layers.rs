@@ -65,8 +65,11 @@ impl Layers<'_> {
                     },
                 );
             }
-            let var = spec.env();
-            if let Some(text) = (self.env)(&var) {
+            // The canonical name wins over an alias.
+            let given = std::iter::once(spec.env())
+                .chain(spec.alias_envs())
+                .find_map(|var| (self.env)(&var).map(|text| (var, text)));
+            if let Some((var, text)) = given {
                 resolved.insert(
                     spec.key,
                     Value {
@@ -195,32 +198,20 @@ fn read_logging_section(
         ));
         return;
     };
-    let destination = section
-        .get("destination")
-        .and_then(toml::Value::as_str)
-        .unwrap_or("console");
+    // UnitedTraders logs to the console unless `destination = "file"`, whatever
+    // `file_path` says.
+    let to_file = section.get("destination").and_then(toml::Value::as_str) == Some("file");
     for (name, value) in section {
         let key = format!("logging.{name}");
         let target = match name.as_str() {
+            "file_path" if !to_file => continue,
             "level" => "log_level",
             "format" => "log_format",
             "packages" => "log_modules",
-            "file_path" if destination == "file" => "log_file",
+            "destination" => "log_destination",
+            "file_path" => "log_file",
             "file_rotation" => "log_rotation",
             "file_max_files" => "log_max_files",
-            // Console output ignores the file path, as UnitedTraders does.
-            "file_path" => continue,
-            "destination" => match value.as_str() {
-                Some("console" | "file") => continue,
-                _ => {
-                    errors.push(SettingError::file_key(
-                        path,
-                        &key,
-                        "must be \"console\" or \"file\"".to_string(),
-                    ));
-                    continue;
-                }
-            },
             _ => {
                 errors.push(SettingError::file_key(
                     path,
@@ -241,12 +232,5 @@ fn read_logging_section(
             }
             Err(problem) => errors.push(SettingError::file_key(path, &key, problem)),
         }
-    }
-    if destination == "file" && !section.contains_key("file_path") {
-        errors.push(SettingError::file_key(
-            path,
-            "logging.file_path",
-            "is required when destination = \"file\"".to_string(),
-        ));
     }
 }

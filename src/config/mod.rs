@@ -38,6 +38,12 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LogDestination {
+    Console,
+    File,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogRotation {
     Never,
     Daily,
@@ -333,7 +339,17 @@ impl Checker<'_> {
                 &[("json", LogFormat::Json), ("pretty", LogFormat::Pretty)],
             )
         });
+        let log_destination = self.get("log_destination", |t| {
+            parse_choice(
+                t,
+                &[
+                    ("console", LogDestination::Console),
+                    ("file", LogDestination::File),
+                ],
+            )
+        });
         let log_file = self.get("log_file", parse_path);
+        let channel_cache = self.get("grpc_channel_cache", parse_bool);
         let log_rotation = self.get("log_rotation", |t| {
             parse_choice(
                 t,
@@ -395,6 +411,17 @@ impl Checker<'_> {
             format!("{stale_after:?} must exceed check_interval plus both gRPC timeouts ({floor:?}), or healthy targets would read as stale")
         });
 
+        // UnitedTraders' switch: `file` needs a path, `console` ignores one.
+        let log_file = match log_destination {
+            Some(LogDestination::Console) => None,
+            Some(LogDestination::File) => {
+                self.rule(log_file.is_some(), "log_destination", || {
+                    "is \"file\" but no log file is set; set log_file (--log-file, or file_path in [logging])".to_string()
+                });
+                log_file
+            }
+            None => log_file,
+        };
         let mut filter = log_level?;
         for (module, level) in log_modules {
             filter.push_str(&format!(",{module}={level}"));
@@ -414,6 +441,7 @@ impl Checker<'_> {
                 user_agent: user_agent
                     .unwrap_or_else(|| format!("haproxy-grpc-agent/{}", env!("CARGO_PKG_VERSION"))),
                 metadata,
+                channel_cache: channel_cache?,
                 tls: TlsSettings {
                     ca_file,
                     cert_file,

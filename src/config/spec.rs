@@ -16,8 +16,9 @@ pub struct Spec {
     /// array in the file.
     pub multi: bool,
     pub key: &'static str,
-    /// Other TOML keys accepted for it (UnitedTraders' names).
-    pub file_aliases: &'static [&'static str],
+    /// Other names accepted for it in every layer (UnitedTraders' names): as a file key,
+    /// as a `--flag` (dashes) and as an `HAPROXY_AGENT_` variable (capitals).
+    pub aliases: &'static [&'static str],
     /// The value when no layer sets it; `None` means unset.
     pub default: Option<&'static str>,
     /// What the value is, for help and docs.
@@ -32,9 +33,25 @@ impl Spec {
     }
 
     pub fn env(&self) -> String {
-        format!("{ENV_PREFIX}{}", self.key.to_ascii_uppercase())
+        env_name(self.key)
+    }
+
+    /// The environment variables of the aliases.
+    pub fn alias_envs(&self) -> impl Iterator<Item = String> {
+        self.aliases.iter().map(|alias| env_name(alias))
+    }
+
+    /// The long flags of the aliases, without the leading dashes.
+    pub fn alias_flags(&self) -> impl Iterator<Item = String> {
+        self.aliases.iter().map(|alias| alias.replace('_', "-"))
     }
 }
+
+fn env_name(key: &str) -> String {
+    format!("{ENV_PREFIX}{}", key.to_ascii_uppercase())
+}
+
+impl Spec {}
 
 pub const ENV_PREFIX: &str = "HAPROXY_AGENT_";
 
@@ -48,7 +65,7 @@ const fn spec(
     Spec {
         multi: false,
         key,
-        file_aliases: &[],
+        aliases: &[],
         default,
         unit,
         reload,
@@ -61,8 +78,8 @@ const fn multi(mut spec: Spec) -> Spec {
     spec
 }
 
-const fn aliased(mut spec: Spec, file_aliases: &'static [&'static str]) -> Spec {
-    spec.file_aliases = file_aliases;
+const fn aliased(mut spec: Spec, aliases: &'static [&'static str]) -> Spec {
+    spec.aliases = aliases;
     spec
 }
 
@@ -116,7 +133,7 @@ pub const SETTINGS: &[Spec] = &[
             Some("1000ms"),
             "duration",
             Live,
-            "bound on resolve, TCP connect and TLS handshake to a backend",
+            "bound on resolve, TCP connect and TLS handshake to a backend (on reload, the handshake bound applies to backends registered afterwards)",
         ),
         &["grpc_connect_timeout_ms"],
     ),
@@ -171,6 +188,16 @@ pub const SETTINGS: &[Spec] = &[
         "bool",
         Restart,
         "DANGER: accept any backend certificate and name (testing only)",
+    ),
+    aliased(
+        spec(
+            "grpc_channel_cache",
+            Some("true"),
+            "bool",
+            Restart,
+            "keep one connection per backend endpoint between checks; false opens a fresh connection for every check",
+        ),
+        &["grpc_channel_cache_enabled"],
     ),
     // The oracle.
     spec(
@@ -275,7 +302,7 @@ pub const SETTINGS: &[Spec] = &[
         Some("info"),
         "level",
         Live,
-        "trace, debug, info, warn or error (per-module levels: [log_modules] in the file)",
+        "trace, debug, info, warn, error or off (per-module levels: --log-modules)",
     ),
     multi(spec(
         "log_modules",
@@ -292,25 +319,41 @@ pub const SETTINGS: &[Spec] = &[
         "log line format",
     ),
     spec(
-        "log_file",
+        "log_destination",
         None,
-        "path",
+        "console|file",
         Restart,
-        "append logs to this file instead of standard output",
+        "where logs go: console (standard output) or file (needs --log-file) [default: file if --log-file is set]",
     ),
-    spec(
-        "log_rotation",
-        Some("never"),
-        "never|daily|hourly",
-        Restart,
-        "rotate --log-file by time",
+    aliased(
+        spec(
+            "log_file",
+            None,
+            "path",
+            Restart,
+            "append logs to this file instead of standard output",
+        ),
+        &["log_file_path"],
     ),
-    spec(
-        "log_max_files",
-        None,
-        "count",
-        Restart,
-        "rotated log files kept (with --log-rotation)",
+    aliased(
+        spec(
+            "log_rotation",
+            Some("never"),
+            "never|daily|hourly",
+            Restart,
+            "rotate --log-file by time",
+        ),
+        &["log_file_rotation"],
+    ),
+    aliased(
+        spec(
+            "log_max_files",
+            None,
+            "count",
+            Restart,
+            "rotated log files kept (with --log-rotation)",
+        ),
+        &["log_file_max_files"],
     ),
 ];
 
@@ -318,5 +361,5 @@ pub const SETTINGS: &[Spec] = &[
 pub fn find(key: &str) -> Option<&'static Spec> {
     SETTINGS
         .iter()
-        .find(|spec| spec.key == key || spec.file_aliases.contains(&key))
+        .find(|spec| spec.key == key || spec.aliases.contains(&key))
 }

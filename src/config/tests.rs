@@ -151,9 +151,54 @@ fn united_traders_file_destination() {
     let missing_path =
         load_with(&[], Some("[logging]\ndestination = \"file\"\n"), &[]).unwrap_err();
     assert!(
-        missing_path[0].contains("logging.file_path"),
+        missing_path[0].starts_with("log_destination = \"file\" (from file ")
+            && missing_path[0].contains("file_path"),
         "{missing_path:?}"
     );
+}
+
+#[test]
+fn united_traders_logging_and_channel_cache_names_in_every_layer() {
+    let env = [
+        ("HAPROXY_AGENT_LOG_DESTINATION", "file"),
+        ("HAPROXY_AGENT_LOG_FILE_PATH", "/tmp/from-env.log"),
+        ("HAPROXY_AGENT_LOG_FILE_ROTATION", "hourly"),
+        ("HAPROXY_AGENT_LOG_FILE_MAX_FILES", "3"),
+        ("HAPROXY_AGENT_GRPC_CHANNEL_CACHE", "false"),
+    ];
+    let loaded = load_with(&[], None, &env).unwrap();
+    let logging = &loaded.settings.logging;
+    assert_eq!(logging.file, Some(PathBuf::from("/tmp/from-env.log")));
+    assert_eq!(logging.rotation, LogRotation::Hourly);
+    assert_eq!(logging.max_files, Some(3));
+    assert!(!loaded.settings.probe.channel_cache);
+    assert_eq!(
+        winner(&loaded, "log_file"),
+        (
+            "/tmp/from-env.log".into(),
+            "environment HAPROXY_AGENT_LOG_FILE_PATH".into()
+        )
+    );
+    let flags = [
+        "--log-destination",
+        "console",
+        "--log-file-path",
+        "/tmp/from-flag.log",
+        "--grpc-channel-cache",
+        "true",
+    ];
+    let settings = load_with(&flags, None, &env).unwrap().settings;
+    assert_eq!(settings.logging.file, None, "console ignores the path");
+    assert!(settings.probe.channel_cache);
+    let file = "grpc_channel_cache_enabled = false\n";
+    assert!(
+        !load_with(&[], Some(file), &[])
+            .unwrap()
+            .settings
+            .probe
+            .channel_cache
+    );
+    assert!(Settings::defaults().probe.channel_cache);
 }
 
 #[test]

@@ -30,6 +30,8 @@ pub struct ProbeConfig {
     pub user_agent: String,
     /// Extra metadata headers sent with every Check.
     pub metadata: Vec<(String, String)>,
+    /// Keep one connection per endpoint between checks (false: a fresh one per check).
+    pub channel_cache: bool,
     pub tls: TlsSettings,
 }
 
@@ -117,10 +119,18 @@ pub struct GrpcProbe {
     config: ProbeConfig,
     /// Read on every connect and check, so a reload applies at once.
     timeouts: Arc<ArcSwap<Timeouts>>,
-    tls: ClientTlsConfig,
-    verifier: Option<Arc<dyn ServerCertVerifier>>,
+    builder: ChannelBuilder,
     metadata: MetadataMap,
     channels: Mutex<ChannelPool>,
+}
+
+/// What it takes to make a channel to an endpoint; cheap to clone.
+#[derive(Clone)]
+struct ChannelBuilder {
+    user_agent: String,
+    tls: ClientTlsConfig,
+    verifier: Option<Arc<dyn ServerCertVerifier>>,
+    timeouts: Arc<ArcSwap<Timeouts>>,
 }
 
 /// Weak handles, so a channel lives exactly as long as some target's prober holds it.
@@ -181,11 +191,17 @@ impl GrpcProbe {
             connect: config.connect_timeout,
             rpc: config.rpc_timeout,
         };
-        Ok(GrpcProbe {
-            config,
-            timeouts: Arc::new(ArcSwap::from_pointee(timeouts)),
+        let timeouts = Arc::new(ArcSwap::from_pointee(timeouts));
+        let builder = ChannelBuilder {
+            user_agent: config.user_agent.clone(),
             tls,
             verifier,
+            timeouts: Arc::clone(&timeouts),
+        };
+        Ok(GrpcProbe {
+            config,
+            timeouts,
+            builder,
             metadata,
             channels: Mutex::new(ChannelPool {
                 channels: HashMap::new(),
@@ -196,12 +212,7 @@ impl GrpcProbe {
 
     /// The shared channel for the target's endpoint, made on first use.
     fn channel(&self, target: &Target) -> Result<Arc<Channel>, ProbeError> {
-        let key = EndpointKey {
-            host: target.host.clone(),
-            port: target.port,
-            tls: target.tls,
-            authority: target.authority.clone(),
-        };
+        let key = EndpointKey::of(target);
         let mut pool = self.channels.lock().expect("channel pool lock poisoned");
         if let Some(channel) = pool.channels.get(&key).and_then(Weak::upgrade) {
             return Ok(channel);
@@ -211,12 +222,26 @@ impl GrpcProbe {
             pool.channels.retain(|_, weak| weak.strong_count() > 0);
             pool.prune_at = (pool.channels.len() * 2).max(64);
         }
-        let channel = Arc::new(self.build_channel(&key)?);
+        let channel = Arc::new(self.builder.build(&key)?);
         pool.channels.insert(key, Arc::downgrade(&channel));
         Ok(channel)
     }
+}
 
-    fn build_channel(&self, key: &EndpointKey) -> Result<Channel, ProbeError> {
+impl EndpointKey {
+    fn of(target: &Target) -> EndpointKey {
+        EndpointKey {
+            host: target.host.clone(),
+            port: target.port,
+            tls: target.tls,
+            authority: target.authority.clone(),
+        }
+    }
+}
+
+impl ChannelBuilder {
+    /// A lazily connecting channel: the connection is made by its first call.
+    fn build(&self, key: &EndpointKey) -> Result<Channel, ProbeError> {
         let invalid = |error: &dyn std::error::Error| ProbeError::InvalidTarget(error.to_string());
         let scheme = if key.tls { "https" } else { "http" };
         // The URI carries the authority (`:authority`, TLS server name); the connector
@@ -225,7 +250,7 @@ impl GrpcProbe {
             .parse()
             .map_err(|error: tonic::codegen::http::uri::InvalidUri| invalid(&error))?;
         let mut endpoint = Endpoint::from(uri)
-            .user_agent(self.config.user_agent.clone())
+            .user_agent(self.user_agent.clone())
             .map_err(|error| invalid(&error))?;
         if key.tls {
             let configured = match &self.verifier {
@@ -255,8 +280,16 @@ impl Probe for GrpcProbe {
     }
 
     fn prober(&self, target: &Target) -> Arc<dyn TargetProber> {
+        let channels = if self.config.channel_cache {
+            Channels::Shared(self.channel(target))
+        } else {
+            Channels::Fresh {
+                builder: self.builder.clone(),
+                key: EndpointKey::of(target),
+            }
+        };
         Arc::new(GrpcTarget {
-            channel: self.channel(target),
+            channels,
             metadata: self.metadata.clone(),
             service: target.service.clone(),
             tls: target.tls,
@@ -266,11 +299,22 @@ impl Probe for GrpcProbe {
 }
 
 struct GrpcTarget {
-    channel: Result<Arc<Channel>, ProbeError>,
+    channels: Channels,
     metadata: MetadataMap,
     service: String,
     tls: bool,
     timeouts: Arc<ArcSwap<Timeouts>>,
+}
+
+/// Where a target's checks get their channel.
+enum Channels {
+    /// The endpoint's shared channel: one connection, kept between checks.
+    Shared(Result<Arc<Channel>, ProbeError>),
+    /// A new channel (and connection) for every check, closed when the check ends.
+    Fresh {
+        builder: ChannelBuilder,
+        key: EndpointKey,
+    },
 }
 
 /// The two probe timeouts, swapped together on reload.
@@ -283,9 +327,13 @@ pub struct Timeouts {
 impl TargetProber for GrpcTarget {
     fn check(&self) -> BoxFuture<'_, Outcome> {
         Box::pin(async move {
-            let channel = match &self.channel {
-                Ok(channel) => Channel::clone(channel),
-                Err(error) => return Outcome::Failed(error.clone()),
+            let channel = match &self.channels {
+                Channels::Shared(Ok(channel)) => Channel::clone(channel),
+                Channels::Shared(Err(error)) => return Outcome::Failed(error.clone()),
+                Channels::Fresh { builder, key } => match builder.build(key) {
+                    Ok(channel) => channel,
+                    Err(error) => return Outcome::Failed(error),
+                },
             };
             let mut request = tonic::Request::from_parts(
                 self.metadata.clone(),

@@ -31,6 +31,7 @@ struct Shared {
     checks: Mutex<HashMap<String, u64>>,
     total_checks: AtomicU64,
     open_connections: AtomicUsize,
+    accepted_connections: AtomicUsize,
     /// The request headers of the last Check.
     last_metadata: Mutex<Option<tonic::metadata::MetadataMap>>,
 }
@@ -183,6 +184,11 @@ impl HealthBackend {
         Some(value.to_str().ok()?.to_string())
     }
 
+    /// TCP connections accepted since the start.
+    pub fn accepted_connections(&self) -> usize {
+        self.shared.accepted_connections.load(Ordering::Relaxed)
+    }
+
     /// TCP connections currently open to this backend.
     pub fn open_connections(&self) -> usize {
         self.shared.open_connections.load(Ordering::Relaxed)
@@ -198,6 +204,7 @@ struct CountedStream {
 impl CountedStream {
     fn new(inner: TcpStream, shared: Arc<Shared>) -> CountedStream {
         shared.open_connections.fetch_add(1, Ordering::Relaxed);
+        shared.accepted_connections.fetch_add(1, Ordering::Relaxed);
         CountedStream { inner, shared }
     }
 }
