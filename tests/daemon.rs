@@ -219,6 +219,8 @@ async fn logs_the_bound_address_answers_and_stops_on_sigterm() {
             "json",
             "--log-modules",
             "haproxy_grpc_agent::responder=debug",
+            "--grpc-metadata",
+            "x-api-key=s3cret",
         ],
         &[],
     );
@@ -244,10 +246,24 @@ async fn logs_the_bound_address_answers_and_stops_on_sigterm() {
     let starting = agent.wait_for_log("\"starting\"", Duration::from_secs(1));
     assert!(starting.contains("check_interval=2000ms"), "{starting}");
 
+    assert!(
+        starting.contains("grpc_metadata=x-api-key=<redacted>"),
+        "{starting}"
+    );
+
     agent.signal("TERM");
     let status = agent.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(0));
     agent.wait_for_log("\"stopped\"", Duration::from_secs(1));
+    let leaked: Vec<String> = agent
+        .log()
+        .into_iter()
+        .filter(|line| line.contains("s3cret"))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "metadata values stay out of logs: {leaked:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
