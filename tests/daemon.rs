@@ -161,6 +161,48 @@ async fn check_config_prints_every_value_with_its_source() {
 }
 
 #[tokio::test]
+async fn a_united_traders_config_file_loads_unchanged() {
+    let file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/unitedtraders-config.toml"
+    );
+    let output = run(&["-c", file, "--check-config"], &[]).await;
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let text = stdout(&output);
+    let from = |key: &str| format!("# file {file} key {key}");
+    for (key, value, source) in [
+        ("server_bind", "\"0.0.0.0\"", "server_bind_address"),
+        ("server_port", "5555", "server_port"),
+        ("metrics_bind", "\"0.0.0.0\"", "metrics_bind_address"),
+        (
+            "grpc_connect_timeout",
+            "\"1000\"",
+            "grpc_connect_timeout_ms",
+        ),
+        ("grpc_rpc_timeout", "\"1500\"", "grpc_rpc_timeout_ms"),
+        ("grpc_channel_cache", "true", "grpc_channel_cache_enabled"),
+        ("log_level", "\"debug\"", "logging.level"),
+        ("log_format", "\"pretty\"", "logging.format"),
+        ("log_destination", "\"file\"", "logging.destination"),
+        (
+            "log_file",
+            "\"/var/log/haproxy-agent/agent.log\"",
+            "logging.file_path",
+        ),
+        ("log_rotation", "\"daily\"", "logging.file_rotation"),
+        ("log_max_files", "7", "logging.file_max_files"),
+    ] {
+        let line = line_of(&text, key);
+        assert!(line.starts_with(&format!("{key} = {value} ")), "{line}");
+        assert!(line.ends_with(&from(source)), "{line}");
+    }
+    assert!(
+        line_of(&text, "log_modules").contains("\"haproxy_grpc_agent::server\" = \"trace\""),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn check_config_exits_64_naming_every_problem_in_every_layer() {
     let dir = TempDir::new("check-config-bad");
     let file = dir.write("config.toml", "rise = 0\nbogus = 1\n");
