@@ -136,10 +136,14 @@ async fn start_servers(
         "0",
         "--max-connections",
         "10000",
+        "--metrics-bind",
+        "127.0.0.1",
+        "--metrics-port",
+        "0",
     ];
     let settings = Settings::from_args(args).expect("valid settings");
     let responder_config = settings.responder;
-    let app = App::bind(settings, shutdown.clone())
+    let app = App::bind(settings, shutdown.clone(), prometheus::Registry::new())
         .await
         .expect("agent starts");
     let agent_addr = app.agent_addr();
@@ -150,6 +154,7 @@ async fn start_servers(
         ceiling,
         ConstantUp,
         Arc::new(arc_swap::ArcSwap::from_pointee(responder_config)),
+        haproxy_grpc_agent::metrics::Metrics::unregistered().expect("metrics"),
         shutdown.clone(),
     ));
     (agent_addr, ceiling_addr, lines, backends, shutdown)

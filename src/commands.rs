@@ -142,6 +142,10 @@ pub fn describe(loaded: &Loaded) -> String {
                     "default: at most grpc_connect_timeout + grpc_rpc_timeout".to_string(),
                 )
             }
+            Some(value) if crate::config::spec::is_secret(spec.key) => (
+                format!("{} = \"<redacted>\"", spec.key),
+                value.source.to_string(),
+            ),
             Some(value) => (
                 format!("{} = {}", spec.key, toml_value(spec, &value.text)),
                 value.source.to_string(),

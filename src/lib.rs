@@ -4,12 +4,16 @@
 //! The way of one request: [`responder`] accepts and reads a bounded line
 //! ([`connection`]) → [`protocol`] parses it → [`oracle`] answers from its cache (a miss
 //! starts a [`poller`], whose [`probe`] asks the backend) → [`protocol`] formats the reply →
-//! [`responder`] writes it. See ARCHITECTURE.md.
+//! [`responder`] writes it. Beside it, [`admin`] shows and steers the cache over HTTP and
+//! serves [`metrics`]; [`events`] carries state changes to it. See ARCHITECTURE.md.
 
+pub mod admin;
 pub mod commands;
 pub mod config;
 pub mod connection;
+pub mod events;
 pub mod logging;
+pub mod metrics;
 pub mod oracle;
 pub mod poller;
 pub mod probe;
@@ -23,7 +27,10 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 
+use crate::admin::Readiness;
 use crate::config::{ConfigErrors, Layers, Loaded, ReloadReport, Settings};
+use crate::events::Events;
+use crate::metrics::Metrics;
 use crate::oracle::Oracle;
 use crate::probe::{GrpcProbe, Probe, ProbeSetupError};
 use crate::responder::ResponderConfig;
@@ -41,11 +48,22 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(
+        "cannot listen on {addr} for the admin api: {source}; pick another --metrics-bind/--metrics-port or stop what holds it"
+    )]
+    BindAdmin {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot register metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 /// The assembled daemon: bound, not yet serving.
 pub struct App {
     listener: TcpListener,
+    admin_listener: TcpListener,
+    admin: admin::State,
     oracle: Oracle,
     reloader: Reloader,
     shutdown: Shutdown,
@@ -57,6 +75,7 @@ pub struct Reloader {
     responder: Arc<ArcSwap<ResponderConfig>>,
     oracle: Oracle,
     probe: Arc<dyn Probe>,
+    metrics: Metrics,
 }
 
 impl Reloader {
@@ -67,8 +86,15 @@ impl Reloader {
         layers: &Layers<'_>,
         current: &mut Loaded,
     ) -> Result<ReloadReport, ConfigErrors> {
-        let (reloaded, report) = config::reload(layers, current)?;
+        let (reloaded, report) = match config::reload(layers, current) {
+            Ok(reloaded) => reloaded,
+            Err(errors) => {
+                self.metrics.reloaded(false);
+                return Err(errors);
+            }
+        };
         self.apply(&reloaded.settings);
+        self.metrics.reloaded(true);
         *current = reloaded;
         Ok(report)
     }
@@ -85,22 +111,55 @@ impl Reloader {
 }
 
 impl App {
-    /// Builds the prober and the oracle and binds the agent port. Background work stops
-    /// when `shutdown` is triggered.
-    pub async fn bind(settings: Settings, shutdown: Shutdown) -> Result<App, StartError> {
-        let probe: Arc<dyn Probe> = Arc::new(GrpcProbe::new(settings.probe.clone())?);
-        let oracle = Oracle::new(Arc::clone(&probe), settings.oracle, shutdown.clone());
+    /// Builds the prober, the oracle and the metrics (registered in `registry`) and binds
+    /// the agent port and the admin port. Background work stops when `shutdown` is
+    /// triggered.
+    pub async fn bind(
+        settings: Settings,
+        shutdown: Shutdown,
+        registry: prometheus::Registry,
+    ) -> Result<App, StartError> {
+        let metrics = Metrics::new(&registry)?;
+        let events = Events::new(settings.admin.events_buffer);
+        let probe =
+            GrpcProbe::new(settings.probe.clone())?.count_channels(metrics.channels_active.clone());
+        let probe: Arc<dyn Probe> = Arc::new(probe);
+        let oracle = Oracle::new(
+            Arc::clone(&probe),
+            settings.oracle,
+            shutdown.clone(),
+            metrics.clone(),
+            events.clone(),
+        );
         let addr = settings.agent_addr;
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartError::Bind { addr, source })?;
+        let addr = settings.metrics_addr;
+        let admin_listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::BindAdmin { addr, source })?;
+        let admin = admin::State {
+            oracle: oracle.clone(),
+            registry,
+            metrics: metrics.clone(),
+            events,
+            readiness: Readiness::default(),
+            config: settings.admin.clone(),
+            addr: admin_listener
+                .local_addr()
+                .map_err(|source| StartError::BindAdmin { addr, source })?,
+        };
         let reloader = Reloader {
             responder: Arc::new(ArcSwap::from_pointee(settings.responder)),
             oracle: oracle.clone(),
             probe,
+            metrics,
         };
         Ok(App {
             listener,
+            admin_listener,
+            admin,
             oracle,
             reloader,
             shutdown,
@@ -114,6 +173,11 @@ impl App {
             .expect("a bound listener has an address")
     }
 
+    /// The bound admin address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.addr
+    }
+
     pub fn oracle(&self) -> &Oracle {
         &self.oracle
     }
@@ -123,18 +187,34 @@ impl App {
         self.reloader.clone()
     }
 
-    /// Serves until shutdown is triggered, then drains agent connections and stops the
-    /// pollers.
+    /// Serves until shutdown is triggered, then drains agent connections, closes the
+    /// admin listener and stops the pollers.
     pub async fn run(self) {
         let App {
             listener,
+            admin_listener,
+            admin,
             oracle,
             reloader,
             shutdown,
         } = self;
+        let readiness = admin.readiness.clone();
+        let metrics = admin.metrics.clone();
+        let admin_serving = tokio::spawn(admin::serve(admin_listener, admin, shutdown.clone()));
         let config = Arc::clone(&reloader.responder);
-        responder::serve(listener, oracle.clone(), config, shutdown.clone()).await;
+        readiness.set(true);
+        let serving = responder::serve(listener, oracle.clone(), config, metrics, shutdown.clone());
+        let readiness_on_stop = {
+            let shutdown = shutdown.clone();
+            let readiness = readiness.clone();
+            async move {
+                shutdown.triggered().await;
+                readiness.set(false);
+            }
+        };
+        tokio::join!(serving, readiness_on_stop);
         shutdown.trigger();
+        let _ = admin_serving.await;
         oracle.stopped().await;
     }
 }

@@ -121,14 +121,15 @@ async fn run(
         }
     };
     let shutdown = Shutdown::new();
-    let app = match App::bind(loaded.settings.clone(), shutdown.clone()).await {
+    let registry = prometheus::Registry::new();
+    let app = match App::bind(loaded.settings.clone(), shutdown.clone(), registry).await {
         Ok(app) => app,
         Err(error) => {
             eprintln!("error: {error}");
             return ExitCode::from(EX_UNAVAILABLE);
         }
     };
-    tracing::info!(agent_addr = %app.agent_addr(), "agent listening");
+    tracing::info!(agent_addr = %app.agent_addr(), admin_addr = %app.admin_addr(), "agent listening");
     let reloader = app.reloader();
     let serving = tokio::spawn(app.run());
     loop {

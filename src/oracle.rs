@@ -12,7 +12,9 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
-use crate::poller::{self, Entry, PollerConfig, format_latency};
+use crate::events::Events;
+use crate::metrics::{Metrics, outcome_kind};
+use crate::poller::{self, Entry, Health, PollerConfig, format_latency};
 use crate::probe::Probe;
 use crate::protocol::{Reply, Target};
 use crate::responder::Answer;
@@ -45,13 +47,10 @@ struct Inner {
     probe: Arc<dyn Probe>,
     /// Swapped whole on reload; read on every request.
     config: ArcSwap<OracleConfig>,
-    /// The part pollers read, once per probe.
-    poller_config: Arc<ArcSwap<PollerConfig>>,
-    /// Wakes waiting pollers after a reload so they re-plan with the new interval.
-    reconfigured: Arc<Notify>,
-    permits: Arc<Semaphore>,
+    /// What the pollers share, their settings included.
+    pollers: Arc<poller::Shared>,
     registered: Arc<AtomicUsize>,
-    epoch: Instant,
+    metrics: Metrics,
     shutdown: Shutdown,
     tasks: TaskTracker,
 }
@@ -59,29 +58,53 @@ struct Inner {
 impl Oracle {
     /// Builds the cache and starts its housekeeping. Everything the oracle spawns stops
     /// when `shutdown` is triggered.
-    pub fn new(probe: Arc<dyn Probe>, config: OracleConfig, shutdown: Shutdown) -> Oracle {
+    pub fn new(
+        probe: Arc<dyn Probe>,
+        config: OracleConfig,
+        shutdown: Shutdown,
+        metrics: Metrics,
+        events: Events,
+    ) -> Oracle {
         let registered = Arc::new(AtomicUsize::new(0));
         let on_evict = Arc::clone(&registered);
+        let evict_metrics = metrics.clone();
         let cache = moka::sync::Cache::builder()
             .time_to_idle(config.idle_ttl)
             .eviction_listener(move |target: Arc<Target>, entry: Arc<Entry>, cause| {
                 entry.stop.trigger();
-                on_evict.fetch_sub(1, Ordering::Relaxed);
-                if cause == RemovalCause::Expired {
-                    tracing::info!(target_line = %target, "target idle; stopped probing it");
-                }
+                let left = on_evict.fetch_sub(1, Ordering::Relaxed) - 1;
+                evict_metrics.targets_registered.set(left as i64);
+                let cause = match cause {
+                    RemovalCause::Expired => {
+                        tracing::info!(target_line = %target, "target idle; stopped probing it");
+                        "idle"
+                    }
+                    RemovalCause::Explicit => {
+                        tracing::info!(target_line = %target, "target evicted by the admin api; stopped probing it");
+                        "admin"
+                    }
+                    RemovalCause::Size => "capacity",
+                    RemovalCause::Replaced => "replaced",
+                };
+                evict_metrics.evicted(cause);
             })
             .build();
+        let pollers = Arc::new(poller::Shared {
+            config: ArcSwap::from_pointee(config.poller),
+            reconfigured: Notify::new(),
+            permits: Semaphore::new(config.max_probes_in_flight),
+            metrics: metrics.clone(),
+            events,
+            epoch: Instant::now(),
+        });
         let oracle = Oracle {
             inner: Arc::new(Inner {
                 cache,
                 probe,
                 config: ArcSwap::from_pointee(config),
-                poller_config: Arc::new(ArcSwap::from_pointee(config.poller)),
-                reconfigured: Arc::new(Notify::new()),
-                permits: Arc::new(Semaphore::new(config.max_probes_in_flight)),
+                pollers,
                 registered,
-                epoch: Instant::now(),
+                metrics,
                 shutdown,
                 tasks: TaskTracker::new(),
             }),
@@ -101,10 +124,13 @@ impl Oracle {
         let asked_at = Instant::now();
         let entry = match self.lookup_or_register(target) {
             Ok(entry) => entry,
-            Err(reply) => return reply,
+            Err(reply) => {
+                self.inner.metrics.error("target_limit");
+                return reply;
+            }
         };
         entry.times_asked.fetch_add(1, Ordering::Relaxed);
-        let since_epoch = asked_at.duration_since(self.inner.epoch).as_millis() as u64;
+        let since_epoch = self.inner.pollers.millis(asked_at);
         entry.last_asked_ms.store(since_epoch, Ordering::Relaxed);
         if let Some(reply) = self.answer_now(&entry, asked_at) {
             return reply;
@@ -117,20 +143,95 @@ impl Oracle {
             return reply;
         }
         let deadline = asked_at + self.inner.config.load().miss_timeout;
-        match tokio::time::timeout_at(deadline, first).await {
-            Ok(()) => self
-                .answer_now(&entry, asked_at)
-                .unwrap_or_else(|| Reply::down("first probe pending")),
-            Err(_) => Reply::down("first probe pending"),
-        }
+        let answered = match tokio::time::timeout_at(deadline, first).await {
+            Ok(()) => self.answer_now(&entry, asked_at),
+            Err(_) => None,
+        };
+        answered.unwrap_or_else(|| {
+            self.inner.metrics.error("first_probe_pending");
+            Reply::down("first probe pending")
+        })
+    }
+
+    /// Every registered target, in no particular order. Looking does not count as asking:
+    /// it keeps no target from going idle.
+    pub fn entries(&self) -> Vec<Arc<Entry>> {
+        self.inner.cache.iter().map(|(_, entry)| entry).collect()
+    }
+
+    /// One registered target, without counting as a request for it.
+    pub fn entry(&self, target: &Target) -> Option<Arc<Entry>> {
+        self.inner
+            .cache
+            .iter()
+            .find(|(key, _)| key.as_ref() == target)
+            .map(|(_, entry)| entry)
+    }
+
+    /// Removes a target and stops its poller; false if it was not registered.
+    pub fn evict(&self, target: &Target) -> bool {
+        let removed = self.inner.cache.remove(target).is_some();
+        // Run the eviction listener now, so the poller stops before this returns.
+        self.inner.cache.run_pending_tasks();
+        removed
+    }
+
+    /// Probes a registered target now (its poller runs the probe, so there is still only
+    /// one at a time) and returns its entry once a probe started after this call has
+    /// published, or `Err(entry)` if none did within `within`. `None` if not registered.
+    pub async fn refresh(
+        &self,
+        target: &Target,
+        within: Duration,
+    ) -> Option<Result<Arc<Entry>, Arc<Entry>>> {
+        let entry = self.entry(target)?;
+        let requested = Instant::now();
+        let deadline = requested + within;
+        let fresh = |entry: &Entry| {
+            entry
+                .health
+                .load()
+                .as_deref()
+                .is_some_and(|health| health.probed_at - health.latency >= requested)
+        };
+        entry.refresh.notify_one();
+        let in_time = loop {
+            let published = entry.published.notified();
+            tokio::pin!(published);
+            published.as_mut().enable();
+            if fresh(&entry) {
+                break true;
+            }
+            if tokio::time::timeout_at(deadline, published).await.is_err() {
+                break false;
+            }
+        };
+        Some(if in_time { Ok(entry) } else { Err(entry) })
+    }
+
+    /// What a request for this entry would be answered now (no waiting, nothing counted);
+    /// `None` while its first probe is pending.
+    pub fn peek(&self, entry: &Entry) -> Option<Reply> {
+        self.reply_for(entry, Instant::now())
+            .map(|(reply, _)| reply)
+    }
+
+    /// The oracle's settings now.
+    pub fn config(&self) -> OracleConfig {
+        **self.inner.config.load()
+    }
+
+    /// The instant `millis` after the epoch of the entries' millisecond clocks.
+    pub fn instant_at(&self, millis: u64) -> Instant {
+        self.inner.pollers.epoch + Duration::from_millis(millis)
     }
 
     /// Applies new timings and bounds. Pollers pick them up at their next probe and keep
     /// their state; the idle TTL and the probes-in-flight bound are fixed at start.
     pub fn reconfigure(&self, config: OracleConfig) {
-        self.inner.poller_config.store(Arc::new(config.poller));
+        self.inner.pollers.config.store(Arc::new(config.poller));
         self.inner.config.store(Arc::new(config));
-        self.inner.reconfigured.notify_waiters();
+        self.inner.pollers.reconfigured.notify_waiters();
     }
 
     /// The number of registered targets.
@@ -151,6 +252,7 @@ impl Oracle {
     fn lookup_or_register(&self, target: Target) -> Result<Arc<Entry>, Reply> {
         let inner = &self.inner;
         if let Some(entry) = inner.cache.get(&target) {
+            inner.metrics.cache_hits.inc();
             return Ok(entry);
         }
         // Reserve a slot first, so concurrent misses cannot overshoot the bound.
@@ -165,18 +267,18 @@ impl Oracle {
             .or_insert_with(|| Arc::new(self.new_entry(target)));
         if !entry.is_fresh() {
             inner.registered.fetch_sub(1, Ordering::Relaxed);
+            inner.metrics.cache_hits.inc();
             return Ok(entry.into_value());
         }
+        inner.metrics.cache_misses.inc();
+        inner
+            .metrics
+            .targets_registered
+            .set(inner.registered.load(Ordering::Relaxed) as i64);
         let entry = entry.into_value();
         tracing::debug!(target_line = %entry.target, "target registered");
         let prober = inner.probe.prober(&entry.target);
-        let poll = poller::run(
-            Arc::clone(&entry),
-            prober,
-            Arc::clone(&inner.poller_config),
-            Arc::clone(&inner.reconfigured),
-            Arc::clone(&inner.permits),
-        );
+        let poll = poller::run(Arc::clone(&entry), prober, Arc::clone(&inner.pollers));
         inner.tasks.spawn(poll);
         Ok(entry)
     }
@@ -190,12 +292,25 @@ impl Oracle {
             registered_at: Instant::now(),
             last_asked_ms: AtomicU64::new(0),
             times_asked: AtomicU64::new(0),
+            next_due_ms: AtomicU64::new(0),
+            refresh: Notify::new(),
+            published: Notify::new(),
         }
     }
 
     /// The reply if one can be given without waiting: the cached health, or `stale` when
     /// no probe has completed for too long.
     fn answer_now(&self, entry: &Entry, now: Instant) -> Option<Reply> {
+        let (reply, error_type) = self.reply_for(entry, now)?;
+        if let Some(error_type) = error_type {
+            self.inner.metrics.error(error_type);
+        }
+        Some(reply)
+    }
+
+    /// The reply from the cached health, or `stale` when no probe has completed for too
+    /// long, with the cause when it is not `up`.
+    fn reply_for(&self, entry: &Entry, now: Instant) -> Option<(Reply, Option<&'static str>)> {
         let config = self.inner.config.load();
         let health = entry.health.load();
         let last_completed = match health.as_deref() {
@@ -204,12 +319,14 @@ impl Oracle {
         };
         let age = now.saturating_duration_since(last_completed);
         if age > config.stale_after {
-            return Some(Reply::down(format!(
-                "stale: no probe for {}",
-                format_latency(age)
-            )));
+            let reply = Reply::down(format!("stale: no probe for {}", format_latency(age)));
+            return Some((reply, Some("stale")));
         }
-        health.as_deref().map(|health| health.reply(&config.poller))
+        let health: &Health = health.as_deref()?;
+        let reply = health.reply(&config.poller);
+        let error_type = (reply.verdict != crate::protocol::Verdict::Up)
+            .then(|| outcome_kind(health.last_failure.as_ref().unwrap_or(&health.last)));
+        Some((reply, error_type))
     }
 }
 

@@ -4,6 +4,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::*;
+use crate::events::Events;
+use crate::metrics::Metrics;
 use crate::probe::{BoxFuture, Outcome, ServingStatus, TargetProber};
 
 /// Answers the first `answered` checks of each target with SERVING; later checks hang
@@ -85,6 +87,8 @@ fn oracle(answered: usize, max_probes_in_flight: usize) -> (Oracle, Arc<AtomicUs
         Arc::new(probe),
         config(max_probes_in_flight),
         Shutdown::new(),
+        Metrics::unregistered().unwrap(),
+        Events::new(16),
     );
     (oracle, most_running)
 }
@@ -149,7 +153,13 @@ async fn shutdown_stops_every_poller() {
         running: Arc::new(AtomicUsize::new(0)),
         most_running: Arc::new(AtomicUsize::new(0)),
     };
-    let oracle = Oracle::new(Arc::new(probe), config(8), shutdown.clone());
+    let oracle = Oracle::new(
+        Arc::new(probe),
+        config(8),
+        shutdown.clone(),
+        Metrics::unregistered().unwrap(),
+        Events::new(16),
+    );
     for i in 0..3 {
         oracle.ask(target(&format!("s{i}"))).await;
     }

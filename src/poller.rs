@@ -2,13 +2,15 @@
 //! hysteresis, publish the new [`Health`], and log a transition once, when it happens.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
+use crate::events::{Events, Transition};
+use crate::metrics::Metrics;
 use crate::probe::{Outcome, ProbeError, ServingStatus, TargetProber};
 use crate::protocol::{Reply, Target, Verdict};
 use crate::shutdown::Shutdown;
@@ -69,6 +71,34 @@ pub struct Entry {
     /// Milliseconds after the oracle's epoch when the target was last asked about.
     pub last_asked_ms: AtomicU64,
     pub times_asked: AtomicU64,
+    /// Milliseconds after the oracle's epoch when the next probe is due.
+    pub next_due_ms: AtomicU64,
+    /// Asks the poller to probe now instead of waiting out its interval.
+    pub refresh: Notify,
+    /// Woken after every published result.
+    pub published: Notify,
+}
+
+/// What every poller shares: the settings it reads each round, the reload signal, the
+/// bound on probes in flight, the metrics and the state-change feed.
+pub struct Shared {
+    /// Swapped whole on reload; read once per probe.
+    pub config: ArcSwap<PollerConfig>,
+    /// Wakes waiting pollers after a reload so they re-plan with the new interval.
+    pub reconfigured: Notify,
+    /// `max_probes_in_flight`.
+    pub permits: Semaphore,
+    pub metrics: Metrics,
+    pub events: Events,
+    /// The zero of the entries' millisecond clocks.
+    pub epoch: Instant,
+}
+
+impl Shared {
+    /// Milliseconds from the epoch to `at`.
+    pub fn millis(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_millis() as u64
+    }
 }
 
 /// The cached state of one target, replaced whole after every probe.
@@ -190,33 +220,39 @@ pub fn format_latency(latency: Duration) -> String {
 
 /// Probes `entry` until its stop handle is triggered (eviction or shutdown). Runs the
 /// first probe at once; never runs two probes of one target together.
-pub async fn run(
-    entry: Arc<Entry>,
-    prober: Arc<dyn TargetProber>,
-    config: Arc<ArcSwap<PollerConfig>>,
-    reconfigured: Arc<Notify>,
-    permits: Arc<Semaphore>,
-) {
+pub async fn run(entry: Arc<Entry>, prober: Arc<dyn TargetProber>, shared: Arc<Shared>) {
     let stop = entry.stop.clone();
     let mut due = Instant::now();
     loop {
         // Read once per round, so a reload applies from the next probe on.
-        let deadline = config.load().probe_deadline;
+        let deadline = shared.config.load().probe_deadline;
         let probed = tokio::select! {
             _ = stop.triggered() => return,
-            probed = probe_once(prober.as_ref(), deadline, &permits) => probed,
+            probed = probe_once(prober.as_ref(), deadline, &shared) => probed,
         };
         let (outcome, started, latency) = probed;
-        publish(&entry, outcome, started + latency, latency, &config.load());
+        shared
+            .metrics
+            .poller_lag
+            .observe(started.saturating_duration_since(due).as_secs_f64());
+        publish(&entry, outcome, started + latency, latency, &shared);
         let previous = due;
-        due = next_due(previous, &config.load(), Instant::now());
-        // Wait for the next probe; a reload re-plans the wait with the new interval.
+        due = next_due(previous, &shared.config.load(), Instant::now());
+        // Wait for the next probe; a reload re-plans the wait with the new interval, a
+        // refresh request ends it.
         loop {
-            let reload = reconfigured.notified();
+            entry
+                .next_due_ms
+                .store(shared.millis(due), Ordering::Relaxed);
+            let reload = shared.reconfigured.notified();
             tokio::select! {
                 _ = stop.triggered() => return,
                 _ = tokio::time::sleep_until(due) => break,
-                _ = reload => due = next_due(previous, &config.load(), Instant::now()),
+                _ = entry.refresh.notified() => {
+                    due = Instant::now();
+                    break;
+                }
+                _ = reload => due = next_due(previous, &shared.config.load(), Instant::now()),
             }
         }
     }
@@ -225,18 +261,25 @@ pub async fn run(
 async fn probe_once(
     prober: &dyn TargetProber,
     deadline: Duration,
-    permits: &Semaphore,
+    shared: &Shared,
 ) -> (Outcome, Instant, Duration) {
-    let _permit = permits
+    let _permit = shared
+        .permits
         .acquire()
         .await
         .expect("the probe semaphore is never closed");
+    let metrics = &shared.metrics;
+    metrics.probes_in_flight.inc();
     let started = Instant::now();
     let outcome = match tokio::time::timeout(deadline, prober.check()).await {
         Ok(outcome) => outcome,
         Err(_) => Outcome::Failed(ProbeError::Deadline(deadline)),
     };
-    (outcome, started, started.elapsed())
+    let latency = started.elapsed();
+    metrics.probes_in_flight.dec();
+    metrics.probed(&outcome);
+    metrics.probe_duration.observe(latency.as_secs_f64());
+    (outcome, started, latency)
 }
 
 /// The next probe is one jittered interval after the previous one was due; a probe that
@@ -252,12 +295,13 @@ fn publish(
     outcome: Outcome,
     probed_at: Instant,
     latency: Duration,
-    config: &PollerConfig,
+    shared: &Shared,
 ) {
+    let config = shared.config.load();
     let previous = entry.health.load_full();
     let health = match previous.as_deref() {
-        None => Health::first(outcome, probed_at, latency, config),
-        Some(previous) => previous.next(outcome, probed_at, latency, config),
+        None => Health::first(outcome, probed_at, latency, &config),
+        Some(previous) => previous.next(outcome, probed_at, latency, &config),
     };
     let changed = previous.as_deref().map(|p| p.up) != Some(health.up);
     if changed {
@@ -267,12 +311,22 @@ fn publish(
             Some(_) => "down",
         };
         let to = if health.up { "up" } else { "down" };
-        tracing::info!(target_line = %entry.target, from, to, reason = %health.last.reason(), "backend state changed");
+        let reason = health.last.reason();
+        tracing::info!(target_line = %entry.target, from, to, reason = %reason, "backend state changed");
+        shared.metrics.transition(health.up);
+        shared.events.publish(Transition {
+            target: entry.target.clone(),
+            from,
+            to,
+            reason,
+            at: SystemTime::now(),
+        });
     }
     entry.health.store(Some(Arc::new(health)));
     if previous.is_none() {
         entry.first_result.notify_waiters();
     }
+    entry.published.notify_waiters();
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::connection::{Connection, Frame};
+use crate::metrics::Metrics;
 use crate::protocol::{self, Reply, Target};
 use crate::shutdown::Shutdown;
 
@@ -59,6 +60,7 @@ pub async fn serve<A: Answer>(
     listener: TcpListener,
     answer: A,
     config: Arc<ArcSwap<ResponderConfig>>,
+    metrics: Metrics,
     shutdown: Shutdown,
 ) {
     // The connection limit is fixed at start; the rest is read per connection.
@@ -112,7 +114,8 @@ pub async fn serve<A: Answer>(
         connections += 1;
         let id = format!("{connections:x}");
         let span = tracing::info_span!("conn", %id, %peer, backend = tracing::field::Empty);
-        let handled = handle(stream, permit, answer, Arc::clone(&config), shutdown);
+        let open = Open::new(permit, &metrics);
+        let handled = handle(stream, open, answer, Arc::clone(&config), shutdown);
         tracker.spawn(handled.instrument(span));
     }
     drop(listener);
@@ -125,6 +128,29 @@ pub async fn serve<A: Answer>(
             connections = tracker.len(),
             "drain timeout passed; closing the remaining agent connections"
         );
+    }
+}
+
+/// One open agent connection: holds its slot and counts itself in
+/// `haproxy_connections_active` until dropped.
+struct Open {
+    _permit: OwnedSemaphorePermit,
+    metrics: Metrics,
+}
+
+impl Open {
+    fn new(permit: OwnedSemaphorePermit, metrics: &Metrics) -> Open {
+        metrics.connections_active.inc();
+        Open {
+            _permit: permit,
+            metrics: metrics.clone(),
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.metrics.connections_active.dec();
     }
 }
 
@@ -141,7 +167,7 @@ fn is_per_connection_error(error: &std::io::Error) -> bool {
 /// or shutdown begins. A line already being answered is always answered.
 async fn handle<A: Answer>(
     stream: TcpStream,
-    _permit: OwnedSemaphorePermit,
+    open: Open,
     answer: A,
     live: Arc<ArcSwap<ResponderConfig>>,
     shutdown: Shutdown,
@@ -162,6 +188,7 @@ async fn handle<A: Answer>(
             Err(_elapsed) => {
                 // An idle client is simply closed; one stuck mid-line is told why.
                 if connection.has_partial_line() {
+                    open.metrics.request_refused("read_timeout");
                     let reason = format!(
                         "bad request: no end of line within {}ms",
                         config.read_deadline.as_millis()
@@ -175,17 +202,30 @@ async fn handle<A: Answer>(
                 return;
             }
         };
+        let started = Instant::now();
+        let metrics = &open.metrics;
         let (reply, close_after) = match frame {
             Frame::End => return,
-            Frame::TooLong => (Reply::down("request line too long"), true),
+            Frame::TooLong => {
+                metrics.request_refused("line_too_long");
+                (Reply::down("request line too long"), true)
+            }
             Frame::Line(line) => match protocol::parse_request(line) {
                 Ok(target) => {
                     tracing::Span::current().record("backend", tracing::field::display(&target));
-                    (answer.answer(target).await, false)
+                    let reply = answer.answer(target).await;
+                    metrics.request_answered(reply.verdict);
+                    (reply, false)
                 }
-                Err(error) => (Reply::bad_request(&error), false),
+                Err(error) => {
+                    metrics.request_refused("parse_error");
+                    (Reply::bad_request(&error), false)
+                }
             },
         };
+        metrics
+            .check_duration
+            .observe(started.elapsed().as_secs_f64());
         tracing::debug!(reply = %reply.to_line().trim_end(), "answered");
         let written =
             tokio::time::timeout(config.read_deadline, connection.write_reply(&reply)).await;

@@ -52,6 +52,8 @@ async fn an_unreadable_client_key_stops_the_start() {
         "haproxy-grpc-agent",
         "--server-port",
         "0",
+        "--metrics-port",
+        "0",
         "--tls-cert-file",
         cert.to_str().unwrap(),
         "--tls-key-file",
@@ -59,7 +61,7 @@ async fn an_unreadable_client_key_stops_the_start() {
     ])
     .unwrap();
     let shutdown = haproxy_grpc_agent::shutdown::Shutdown::new();
-    let error = haproxy_grpc_agent::App::bind(settings, shutdown)
+    let error = haproxy_grpc_agent::App::bind(settings, shutdown, prometheus::Registry::new())
         .await
         .err()
         .expect("a bad key is refused at start");

@@ -14,6 +14,7 @@ use std::time::Duration;
 pub use cli::{Action, Invocation};
 pub use layers::{Layers, Resolved, Source, Value};
 
+use crate::admin::AdminConfig;
 use crate::oracle::OracleConfig;
 use crate::poller::{PollerConfig, ReplyPolicy};
 use crate::probe::{ProbeConfig, TlsSettings};
@@ -25,6 +26,7 @@ use crate::responder::ResponderConfig;
 pub struct Settings {
     pub agent_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
+    pub admin: AdminConfig,
     pub responder: ResponderConfig,
     pub probe: ProbeConfig,
     pub oracle: OracleConfig,
@@ -89,6 +91,11 @@ impl SettingError {
 impl fmt::Display for SettingError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.value {
+            Some(value) if spec::is_secret(&self.key) => write!(
+                f,
+                "{} = <redacted> (from {}): {}",
+                self.key, value.source, self.problem
+            ),
             Some(value) => write!(
                 f,
                 "{} = {:?} (from {}): {}",
@@ -144,6 +151,8 @@ impl Loaded {
                     .map(|name| format!("{name}=<redacted>"))
                     .collect::<Vec<_>>()
                     .join(",")
+            } else if spec::is_secret(spec.key) {
+                "<redacted>".to_string()
             } else {
                 value.text.clone()
             };
@@ -329,6 +338,10 @@ impl Checker<'_> {
         });
         let metrics_bind = self.get("metrics_bind", parse_ip);
         let metrics_port = self.get("metrics_port", parse_port);
+        let admin_token = self.get("admin_token", parse_token);
+        let admin_max_connections =
+            self.get("admin_max_connections", |t| parse_count(t, 1, 100_000));
+        let events_buffer = self.get("events_buffer", |t| parse_count(t, 1, 1_000_000));
         let log_level = self.get("log_level", parse_level);
         let log_modules = self
             .get("log_modules", parse_log_modules)
@@ -364,7 +377,7 @@ impl Checker<'_> {
 
         // Rules between settings, checked when both sides parsed.
         if let (Some(server), Some(metrics)) = (server_port, metrics_port) {
-            self.rule(server == 0 || server != metrics, "metrics_port", || {
+            self.rule(server == 0 || server != metrics || metrics == 0, "metrics_port", || {
                 format!(
                     "is the same as server_port ({server}); give the admin listener its own port"
                 )
@@ -429,6 +442,11 @@ impl Checker<'_> {
         Some(Settings {
             agent_addr: SocketAddr::new(server_bind?, server_port?),
             metrics_addr: SocketAddr::new(metrics_bind?, metrics_port?),
+            admin: AdminConfig {
+                token: admin_token,
+                max_connections: admin_max_connections?,
+                events_buffer: events_buffer?,
+            },
             responder: ResponderConfig {
                 max_connections: max_connections?,
                 max_line: max_line?,
@@ -585,6 +603,16 @@ fn parse_file(text: &str) -> Result<PathBuf, String> {
     let path = parse_path(text)?;
     std::fs::File::open(&path).map_err(|error| format!("cannot be read: {error}"))?;
     Ok(path)
+}
+
+fn parse_token(text: &str) -> Result<String, String> {
+    if text.len() < 16 || !text.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(
+            "use at least 16 printable ASCII characters without spaces (e.g. `openssl rand -hex 32`)"
+                .to_string(),
+        );
+    }
+    Ok(text.to_string())
 }
 
 fn parse_user_agent(text: &str) -> Result<String, String> {

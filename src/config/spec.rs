@@ -294,7 +294,28 @@ pub const SETTINGS: &[Spec] = &[
         Some("9090"),
         "port",
         Restart,
-        "port of the admin and metrics listener",
+        "port of the admin and metrics listener (0 picks a free port)",
+    ),
+    spec(
+        "admin_token",
+        None,
+        "text",
+        Restart,
+        "bearer token the admin API's DELETE and POST require; without one they are allowed only on a loopback --metrics-bind",
+    ),
+    spec(
+        "admin_max_connections",
+        Some("64"),
+        "count",
+        Restart,
+        "admin and metrics connections served at once; more wait in the listen queue",
+    ),
+    spec(
+        "events_buffer",
+        Some("1024"),
+        "count",
+        Restart,
+        "state changes a slow /events subscriber may fall behind before it misses some",
     ),
     // Logging.
     spec(
@@ -356,6 +377,11 @@ pub const SETTINGS: &[Spec] = &[
         &["log_file_max_files"],
     ),
 ];
+
+/// Settings whose values are credentials: never logged, printed or echoed in errors.
+pub fn is_secret(key: &str) -> bool {
+    key == "admin_token"
+}
 
 /// The spec for `key`, by canonical name or file alias.
 pub fn find(key: &str) -> Option<&'static Spec> {

@@ -127,6 +127,8 @@ pub struct GrpcProbe {
 /// What it takes to make a channel to an endpoint; cheap to clone.
 #[derive(Clone)]
 struct ChannelBuilder {
+    /// `grpc_channels_active`: every channel built counts itself until dropped.
+    gauge: prometheus::IntGauge,
     user_agent: String,
     tls: ClientTlsConfig,
     verifier: Option<Arc<dyn ServerCertVerifier>>,
@@ -135,7 +137,7 @@ struct ChannelBuilder {
 
 /// Weak handles, so a channel lives exactly as long as some target's prober holds it.
 struct ChannelPool {
-    channels: HashMap<EndpointKey, Weak<Channel>>,
+    channels: HashMap<EndpointKey, Weak<CountedChannel>>,
     prune_at: usize,
 }
 
@@ -193,6 +195,8 @@ impl GrpcProbe {
         };
         let timeouts = Arc::new(ArcSwap::from_pointee(timeouts));
         let builder = ChannelBuilder {
+            gauge: prometheus::IntGauge::new("grpc_channels_active", "channels")
+                .expect("a valid metric name"),
             user_agent: config.user_agent.clone(),
             tls,
             verifier,
@@ -210,8 +214,14 @@ impl GrpcProbe {
         })
     }
 
+    /// Counts the channels this probe makes in `gauge` (`grpc_channels_active`).
+    pub fn count_channels(mut self, gauge: prometheus::IntGauge) -> GrpcProbe {
+        self.builder.gauge = gauge;
+        self
+    }
+
     /// The shared channel for the target's endpoint, made on first use.
-    fn channel(&self, target: &Target) -> Result<Arc<Channel>, ProbeError> {
+    fn channel(&self, target: &Target) -> Result<Arc<CountedChannel>, ProbeError> {
         let key = EndpointKey::of(target);
         let mut pool = self.channels.lock().expect("channel pool lock poisoned");
         if let Some(channel) = pool.channels.get(&key).and_then(Weak::upgrade) {
@@ -241,7 +251,7 @@ impl EndpointKey {
 
 impl ChannelBuilder {
     /// A lazily connecting channel: the connection is made by its first call.
-    fn build(&self, key: &EndpointKey) -> Result<Channel, ProbeError> {
+    fn build(&self, key: &EndpointKey) -> Result<CountedChannel, ProbeError> {
         let invalid = |error: &dyn std::error::Error| ProbeError::InvalidTarget(error.to_string());
         let scheme = if key.tls { "https" } else { "http" };
         // The URI carries the authority (`:authority`, TLS server name); the connector
@@ -267,7 +277,23 @@ impl ChannelBuilder {
             timeouts: Arc::clone(&self.timeouts),
         };
         let connector = tower::service_fn(move |_: Uri| connect_to.clone().connect());
-        Ok(endpoint.connect_with_connector_lazy(connector))
+        self.gauge.inc();
+        Ok(CountedChannel {
+            channel: endpoint.connect_with_connector_lazy(connector),
+            gauge: self.gauge.clone(),
+        })
+    }
+}
+
+/// A channel that counts itself in `grpc_channels_active` while it lives.
+struct CountedChannel {
+    channel: Channel,
+    gauge: prometheus::IntGauge,
+}
+
+impl Drop for CountedChannel {
+    fn drop(&mut self) {
+        self.gauge.dec();
     }
 }
 
@@ -284,7 +310,7 @@ impl Probe for GrpcProbe {
             Channels::Shared(self.channel(target))
         } else {
             Channels::Fresh {
-                builder: self.builder.clone(),
+                builder: Box::new(self.builder.clone()),
                 key: EndpointKey::of(target),
             }
         };
@@ -309,10 +335,10 @@ struct GrpcTarget {
 /// Where a target's checks get their channel.
 enum Channels {
     /// The endpoint's shared channel: one connection, kept between checks.
-    Shared(Result<Arc<Channel>, ProbeError>),
+    Shared(Result<Arc<CountedChannel>, ProbeError>),
     /// A new channel (and connection) for every check, closed when the check ends.
     Fresh {
-        builder: ChannelBuilder,
+        builder: Box<ChannelBuilder>,
         key: EndpointKey,
     },
 }
@@ -327,11 +353,16 @@ pub struct Timeouts {
 impl TargetProber for GrpcTarget {
     fn check(&self) -> BoxFuture<'_, Outcome> {
         Box::pin(async move {
+            // A fresh channel lives (and counts) until this check ends.
+            let fresh;
             let channel = match &self.channels {
-                Channels::Shared(Ok(channel)) => Channel::clone(channel),
+                Channels::Shared(Ok(channel)) => channel.channel.clone(),
                 Channels::Shared(Err(error)) => return Outcome::Failed(error.clone()),
                 Channels::Fresh { builder, key } => match builder.build(key) {
-                    Ok(channel) => channel,
+                    Ok(channel) => {
+                        fresh = channel;
+                        fresh.channel.clone()
+                    }
                     Err(error) => return Outcome::Failed(error),
                 },
             };

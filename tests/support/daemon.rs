@@ -28,6 +28,7 @@ impl Daemon {
         let mut command = Command::new(BINARY);
         command
             .args(["--server-bind", "127.0.0.1", "--server-port", "0"])
+            .args(["--metrics-bind", "127.0.0.1", "--metrics-port", "0"])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -20,6 +20,8 @@ use tokio::net::TcpStream;
 /// A running agent; shut down when dropped.
 pub struct Agent {
     pub addr: SocketAddr,
+    /// The admin and metrics listener.
+    pub admin: SocketAddr,
     pub oracle: Oracle,
     pub shutdown: Shutdown,
     pub serving: tokio::task::JoinHandle<()>,
@@ -39,18 +41,24 @@ pub async fn start_agent(flags: &[&str]) -> Agent {
         "127.0.0.1",
         "--server-port",
         "0",
+        "--metrics-bind",
+        "127.0.0.1",
+        "--metrics-port",
+        "0",
     ];
     args.extend_from_slice(flags);
     let settings = Settings::from_args(args).expect("flags are valid");
     let shutdown = Shutdown::new();
-    let app = App::bind(settings, shutdown.clone())
+    let app = App::bind(settings, shutdown.clone(), prometheus::Registry::new())
         .await
         .expect("agent starts");
     let addr = app.agent_addr();
+    let admin = app.admin_addr();
     let oracle = app.oracle().clone();
     let serving = tokio::spawn(app.run());
     Agent {
         addr,
+        admin,
         oracle,
         shutdown,
         serving,
@@ -86,15 +94,21 @@ impl FileAgent {
         let loaded =
             haproxy_grpc_agent::config::load(&Self::layers(&config_path)).expect("config is valid");
         let shutdown = Shutdown::new();
-        let app = App::bind(loaded.settings.clone(), shutdown.clone())
-            .await
-            .expect("agent starts");
+        let app = App::bind(
+            loaded.settings.clone(),
+            shutdown.clone(),
+            prometheus::Registry::new(),
+        )
+        .await
+        .expect("agent starts");
         let addr = app.agent_addr();
+        let admin = app.admin_addr();
         let oracle = app.oracle().clone();
         let reloader = app.reloader();
         let serving = tokio::spawn(app.run());
         let agent = Agent {
             addr,
+            admin,
             oracle,
             shutdown,
             serving,
@@ -114,6 +128,8 @@ impl FileAgent {
             "--server-bind",
             "127.0.0.1",
             "--server-port",
+            "0",
+            "--metrics-port",
             "0",
             "--config",
             path.to_str().unwrap(),

@@ -1,0 +1,44 @@
+//! The feed of state changes behind the admin `GET /events`: a broadcast channel with a
+//! bounded buffer. Publishing never waits; a subscriber that falls behind loses the oldest
+//! events and learns how many (and `events_dropped_total` counts them).
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::sync::broadcast;
+
+use crate::protocol::Target;
+
+/// One target changing state.
+#[derive(Clone, Debug)]
+pub struct Transition {
+    pub target: Target,
+    /// `new` (first result), `up` or `down`.
+    pub from: &'static str,
+    pub to: &'static str,
+    pub reason: String,
+    pub at: SystemTime,
+}
+
+/// The sending side; cheap to clone.
+#[derive(Clone)]
+pub struct Events {
+    sender: broadcast::Sender<Arc<Transition>>,
+}
+
+impl Events {
+    /// A feed whose subscribers each hold at most `buffer` unread events.
+    pub fn new(buffer: usize) -> Events {
+        let (sender, _) = broadcast::channel(buffer.max(1));
+        Events { sender }
+    }
+
+    /// Publishes to current subscribers, if any; never blocks.
+    pub fn publish(&self, transition: Transition) {
+        let _ = self.sender.send(Arc::new(transition));
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Transition>> {
+        self.sender.subscribe()
+    }
+}
