@@ -42,3 +42,37 @@ impl Events {
         self.sender.subscribe()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transition(n: u16) -> Transition {
+        Transition {
+            target: crate::protocol::parse_request(format!("127.0.0.1 {n} no-ssl x").as_bytes())
+                .unwrap(),
+            from: "up",
+            to: "down",
+            reason: String::new(),
+            at: SystemTime::now(),
+        }
+    }
+
+    #[test]
+    fn a_slow_subscriber_loses_the_oldest_and_learns_how_many() {
+        let events = Events::new(2);
+        let mut subscriber = events.subscribe();
+        for port in 1..=10 {
+            events.publish(transition(port));
+        }
+        match subscriber.try_recv() {
+            Err(broadcast::error::TryRecvError::Lagged(missed)) => assert_eq!(missed, 8),
+            other => panic!("expected a lag, got {other:?}"),
+        }
+        assert_eq!(subscriber.try_recv().unwrap().target.port, 9);
+        assert_eq!(subscriber.try_recv().unwrap().target.port, 10);
+        // Publishing without subscribers is fine.
+        drop(subscriber);
+        events.publish(transition(11));
+    }
+}

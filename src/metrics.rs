@@ -171,6 +171,9 @@ impl Metrics {
         for result in ["applied", "refused"] {
             metrics.reloads.with_label_values(&[result]);
         }
+        for error_type in ERROR_TYPES {
+            metrics.errors.with_label_values(&[error_type]);
+        }
         Ok(metrics)
     }
 
@@ -236,6 +239,28 @@ impl Metrics {
         self.reloads.with_label_values(&[result]).inc();
     }
 }
+
+/// Every `error_type` of `check_errors_total`: the request's own problems, the oracle's,
+/// and the unhealthy kinds of [`outcome_kind`].
+pub const ERROR_TYPES: &[&str] = &[
+    "parse_error",
+    "line_too_long",
+    "read_timeout",
+    "target_limit",
+    "first_probe_pending",
+    "stale",
+    "not_serving",
+    "service_unknown",
+    "unknown_status",
+    "timeout",
+    "connect_timeout",
+    "backend_unreachable",
+    "tls",
+    "unimplemented",
+    "grpc_status",
+    "transport",
+    "invalid_target",
+];
 
 /// A low-cardinality name for a check's outcome: the `result` of `probes_total` and the
 /// `error_type` of `check_errors_total`.

@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod daemon;
+pub mod http;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -41,11 +42,12 @@ pub async fn start_agent(flags: &[&str]) -> Agent {
         "127.0.0.1",
         "--server-port",
         "0",
-        "--metrics-bind",
-        "127.0.0.1",
         "--metrics-port",
         "0",
     ];
+    if !flags.contains(&"--metrics-bind") {
+        args.extend_from_slice(&["--metrics-bind", "127.0.0.1"]);
+    }
     args.extend_from_slice(flags);
     let settings = Settings::from_args(args).expect("flags are valid");
     let shutdown = Shutdown::new();
