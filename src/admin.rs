@@ -52,6 +52,9 @@ use crate::probe::Outcome;
 use crate::protocol::{self, Target};
 use crate::shutdown::Shutdown;
 
+/// How long an admin client has to send a request's head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The admin listener's settings (its address is `Settings::metrics_addr`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AdminConfig {
@@ -120,8 +123,13 @@ pub async fn serve(listener: TcpListener, state: State, shutdown: Shutdown) {
         tracker.spawn(async move {
             let _permit = permit;
             let io = hyper_util::rt::TokioIo::new(stream);
-            let builder =
+            let mut builder =
                 hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            // A client that connects and says nothing gives its slot back.
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
             let connection = builder.serve_connection(io, service);
             tokio::select! {
                 _ = shutdown.triggered() => {}

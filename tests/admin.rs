@@ -484,3 +484,28 @@ async fn without_a_token_mutations_are_refused_off_loopback() {
     );
     assert_eq!(agent.oracle.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_admin_listener_does_not_delay_the_agent() {
+    let backend = HealthBackend::start().await;
+    let agent = start_agent(&["--admin-max-connections", "2"]).await;
+    // Two clients hold both admin slots and send nothing.
+    let held = [
+        tokio::net::TcpStream::connect(agent.admin).await.unwrap(),
+        tokio::net::TcpStream::connect(agent.admin).await.unwrap(),
+    ];
+    // A third admin client waits in the listen queue...
+    let waiting = tokio::spawn(async move { http::get(agent.admin, "/healthz").await.status });
+    // ...while the agent answers as ever.
+    let line = line_for(backend.port(), "");
+    for _ in 0..20 {
+        assert!(ask(agent.addr, &line).await.starts_with("up #SERVING"));
+    }
+    assert!(
+        !waiting.is_finished(),
+        "the admin bound holds the third client back"
+    );
+    // A held client leaving frees a slot.
+    drop(held);
+    assert_eq!(waiting.await.unwrap(), 200);
+}
