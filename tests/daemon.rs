@@ -110,11 +110,21 @@ async fn check_config_prints_every_value_with_its_source() {
     let file = file.to_str().unwrap();
     let output = run(
         &["-c", file, "--check-interval", "3s", "--check-config"],
-        &[("HAPROXY_AGENT_FALL", "5")],
+        &[
+            ("HAPROXY_AGENT_FALL", "5"),
+            ("HAPROXY_AGENT_ADMIN_TOKEN", "token-s3cret-0123456789"),
+        ],
     )
     .await;
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let text = stdout(&output);
+    assert!(!text.contains("token-s3cret"), "{text}");
+    assert!(text.contains("# admin_token = \"<redacted>\""), "{text}");
+    // A bad token is refused without being echoed.
+    let bad = run(&["--check-config", "--admin-token", "short-s3cret"], &[]).await;
+    assert_eq!(bad.status.code(), Some(64));
+    assert!(stderr(&bad).contains("admin_token = <redacted> (from flag --admin-token)"));
+    assert!(!stderr(&bad).contains("short-s3cret"), "{}", stderr(&bad));
     let check = |key: &str, value: &str, source: &str| {
         let line = line_of(&text, key);
         assert!(line.starts_with(&format!("{key} = {value} ")), "{line}");
@@ -148,7 +158,10 @@ async fn check_config_prints_every_value_with_its_source() {
     let again = dir.write("effective.toml", &text);
     let reloaded = run(
         &["-c", again.to_str().unwrap(), "--check-config"],
-        &[("HAPROXY_AGENT_FALL", "5")],
+        &[
+            ("HAPROXY_AGENT_FALL", "5"),
+            ("HAPROXY_AGENT_ADMIN_TOKEN", "token-s3cret-0123456789"),
+        ],
     )
     .await;
     assert_eq!(reloaded.status.code(), Some(0), "{}", stderr(&reloaded));
