@@ -1,7 +1,9 @@
 //! An HAProxy-like load generator: a new TCP connection per request, one line, read the
 //! reply, reset. It measures cached answers from the real agent over many registered
 //! targets against a constant-`up` responder that shares the agent's accept/read/write
-//! path (the ceiling), in the same run, alternating phases.
+//! path (the ceiling), in the same run, alternating phases. A third phase repeats the
+//! agent's while a client reads the admin API (`/backends`, `/metrics`) as fast as it
+//! answers, to show the admin side does not slow agent replies.
 //!
 //! ```text
 //! cargo run --release --example loadgen -- --targets 1000 --concurrency 32 --duration 5s
@@ -9,6 +11,8 @@
 
 #[path = "../tests/support/backend.rs"]
 mod backend;
+#[path = "../tests/support/http.rs"]
+mod http;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -62,7 +66,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let (agent_addr, ceiling_addr, lines, _backends, _shutdown) =
+    let (agent_addr, admin_addr, ceiling_addr, lines, _backends, _shutdown) =
         servers.block_on(start_servers(args.targets));
     let lines = Arc::new(lines);
     client.block_on(warm_up(agent_addr, &lines));
@@ -73,40 +77,79 @@ fn main() {
         args.duration
     );
     println!(
-        "{:<8} {:>10} {:>9} {:>9} {:>9} {:>8}",
+        "{:<9} {:>9} {:>9} {:>9} {:>9} {:>8}",
         "phase", "req/s", "p50 µs", "p99 µs", "p999 µs", "non-up"
     );
-    let mut totals = [Phase::default(), Phase::default()];
+    let mut totals = [Phase::default(), Phase::default(), Phase::default()];
+    let mut admin_requests = 0u64;
+    let mut admin_time = Duration::ZERO;
     for _ in 0..args.rounds {
-        for (index, (name, addr)) in [("ceiling", ceiling_addr), ("agent", agent_addr)]
-            .into_iter()
-            .enumerate()
+        for (index, (name, addr)) in [
+            ("ceiling", ceiling_addr),
+            ("agent", agent_addr),
+            ("agent+adm", agent_addr),
+        ]
+        .into_iter()
+        .enumerate()
         {
+            let admin_load =
+                (index == 2).then(|| client.spawn(admin_load(admin_addr, args.duration)));
             let mut phase = client.block_on(run_phase(
                 addr,
                 Arc::clone(&lines),
                 args.concurrency,
                 args.duration,
             ));
+            if let Some(load) = admin_load {
+                admin_requests += client.block_on(load).unwrap();
+                admin_time += phase.elapsed;
+            }
             phase.summary().print(name);
             totals[index].merge(phase);
         }
     }
-    let [mut ceiling, mut agent] = totals;
+    let [mut ceiling, mut agent, mut loaded] = totals;
     println!("{:-<58}", "");
-    let (c, a) = (ceiling.summary(), agent.summary());
+    let (c, a, l) = (ceiling.summary(), agent.summary(), loaded.summary());
     c.print("ceiling");
     a.print("agent");
+    l.print("agent+adm");
     println!(
         "agent/ceiling: throughput {:.3}x (goal >= 0.90), p99 {:.3}x (goal <= 1.20)",
         a.rate / c.rate,
         a.p99 as f64 / c.p99 as f64
     );
+    println!(
+        "agent under admin load/agent: throughput {:.3}x, p99 {:.3}x; admin answered {:.0} requests/s (/backends of {} targets and /metrics, alternating)",
+        l.rate / a.rate,
+        l.p99 as f64 / a.p99 as f64,
+        admin_requests as f64 / admin_time.as_secs_f64(),
+        lines.len()
+    );
+}
+
+/// Reads `/backends` and `/metrics` back to back for `duration`; returns how many
+/// answers came back.
+async fn admin_load(admin: SocketAddr, duration: Duration) -> u64 {
+    let end = Instant::now() + duration;
+    let mut answered = 0;
+    while Instant::now() < end {
+        let path = if answered % 2 == 0 {
+            "/backends"
+        } else {
+            "/metrics"
+        };
+        let response = http::get(admin, path).await;
+        assert_eq!(response.status, 200, "{path}");
+        answered += 1;
+    }
+    answered
 }
 
 async fn start_servers(
     targets: usize,
 ) -> (
+    SocketAddr,
     SocketAddr,
     SocketAddr,
     Vec<String>,
@@ -147,6 +190,7 @@ async fn start_servers(
         .await
         .expect("agent starts");
     let agent_addr = app.agent_addr();
+    let admin_addr = app.admin_addr();
     tokio::spawn(app.run());
     let ceiling = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let ceiling_addr = ceiling.local_addr().unwrap();
@@ -157,7 +201,14 @@ async fn start_servers(
         haproxy_grpc_agent::metrics::Metrics::unregistered().expect("metrics"),
         shutdown.clone(),
     ));
-    (agent_addr, ceiling_addr, lines, backends, shutdown)
+    (
+        agent_addr,
+        admin_addr,
+        ceiling_addr,
+        lines,
+        backends,
+        shutdown,
+    )
 }
 
 /// Registers every target and waits until each answers `up`.
@@ -259,7 +310,7 @@ impl Summary {
             String::new()
         };
         println!(
-            "{name:<8} {:>10.0} {:>9} {:>9} {:>9} {:>8}{errors}",
+            "{name:<9} {:>9.0} {:>9} {:>9} {:>9} {:>8}{errors}",
             self.rate, self.p50, self.p99, self.p999, self.not_up
         );
     }

@@ -93,6 +93,58 @@ pub struct State {
     pub addr: SocketAddr,
 }
 
+/// The admin API's own thread, with its own runtime, at a lower CPU priority than the
+/// agent's (nice +10): on a busy machine the kernel runs agent replies and probes first,
+/// and a heavy `/backends` or `/metrics` waits instead. Threads it starts (its blocking
+/// pool) inherit the priority.
+pub struct AdminThread {
+    done: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl AdminThread {
+    /// Waits until the admin thread has closed its listener and connections.
+    pub async fn stopped(self) {
+        let _ = self.done.await;
+    }
+}
+
+/// Starts the admin API on its own thread; it stops on `shutdown`.
+pub fn spawn(listener: TcpListener, state: State, shutdown: Shutdown) -> AdminThread {
+    let (done_tx, done) = tokio::sync::oneshot::channel();
+    // The listener moves to the admin runtime's reactor.
+    let listener = listener
+        .into_std()
+        .expect("a bound listener converts to std");
+    std::thread::Builder::new()
+        .name("admin".into())
+        .spawn(move || {
+            lower_priority();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .max_blocking_threads(2)
+                .thread_name("admin-blocking")
+                .build()
+                .expect("the admin runtime starts");
+            runtime.block_on(async move {
+                let listener = TcpListener::from_std(listener).expect("listener registers");
+                serve(listener, state, shutdown).await;
+            });
+            let _ = done_tx.send(());
+        })
+        .expect("the admin thread starts");
+    AdminThread { done }
+}
+
+/// nice +10 for the calling thread (Linux applies nice per thread).
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority with PRIO_PROCESS and who = 0 changes only the calling thread's
+    // nice value; it reads no memory of ours.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+    }
+}
+
 /// Serves the admin API on `listener` until `shutdown`; open connections (event streams
 /// included) are closed then.
 pub async fn serve(listener: TcpListener, state: State, shutdown: Shutdown) {

@@ -200,7 +200,7 @@ impl App {
         } = self;
         let readiness = admin.readiness.clone();
         let metrics = admin.metrics.clone();
-        let admin_serving = tokio::spawn(admin::serve(admin_listener, admin, shutdown.clone()));
+        let admin_serving = admin::spawn(admin_listener, admin, shutdown.clone());
         let config = Arc::clone(&reloader.responder);
         readiness.set(true);
         let serving = responder::serve(listener, oracle.clone(), config, metrics, shutdown.clone());
@@ -214,7 +214,7 @@ impl App {
         };
         tokio::join!(serving, readiness_on_stop);
         shutdown.trigger();
-        let _ = admin_serving.await;
+        admin_serving.stopped().await;
         oracle.stopped().await;
     }
 }
