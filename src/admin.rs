@@ -20,10 +20,10 @@
 //! none they are allowed only when the listener is on a loopback address. Errors are JSON:
 //! `{"error": "..."}`.
 //!
-//! The admin side never holds what the agent needs: it reads the oracle's lock-free state,
-//! builds large answers (`/metrics`, `/backends`) on the blocking pool, serves at most
-//! `admin_max_connections` connections on its own tasks, and its event feed drops events
-//! for a slow reader rather than wait.
+//! The admin side never holds what the agent needs: it runs on its own thread and runtime
+//! at nice +10, reads the oracle's lock-free state, builds large answers (`/metrics`,
+//! `/backends`) on its blocking pool, serves at most `admin_max_connections` connections,
+//! and its event feed drops events for a slow reader rather than wait.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
