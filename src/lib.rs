@@ -187,8 +187,9 @@ impl App {
         self.reloader.clone()
     }
 
-    /// Serves until shutdown is triggered, then drains agent connections, closes the
-    /// admin listener and stops the pollers.
+    /// Serves until shutdown is triggered, then drains agent connections (the admin API
+    /// stays up meanwhile, `/readyz` answering 503), closes the admin listener and stops
+    /// the pollers.
     pub async fn run(self) {
         let App {
             listener,
@@ -200,7 +201,9 @@ impl App {
         } = self;
         let readiness = admin.readiness.clone();
         let metrics = admin.metrics.clone();
-        let admin_serving = admin::spawn(admin_listener, admin, shutdown.clone());
+        // The admin API outlives the drain, so it can say the agent is not ready.
+        let admin_stop = Shutdown::new();
+        let admin_serving = admin::spawn(admin_listener, admin, admin_stop.clone());
         let config = Arc::clone(&reloader.responder);
         readiness.set(true);
         let serving = responder::serve(listener, oracle.clone(), config, metrics, shutdown.clone());
@@ -214,6 +217,7 @@ impl App {
         };
         tokio::join!(serving, readiness_on_stop);
         shutdown.trigger();
+        admin_stop.trigger();
         admin_serving.stopped().await;
         oracle.stopped().await;
     }

@@ -509,3 +509,30 @@ async fn a_full_admin_listener_does_not_delay_the_agent() {
     drop(held);
     assert_eq!(waiting.await.unwrap(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_fails_while_the_agent_drains() {
+    let (silent, _silent) = silent_backend().await;
+    let agent = start_agent(&["--miss-timeout", "2s", "--grpc-rpc-timeout", "2s"]).await;
+    assert_eq!(http::get(agent.admin, "/readyz").await.status, 200);
+    // A request whose first probe never answers: its reply is in flight for 2 s.
+    let addr = agent.addr;
+    let in_flight = tokio::spawn(async move { ask(addr, &line_for(silent, "")).await });
+    eventually(
+        Duration::from_secs(5),
+        "the request is being answered",
+        || async { agent.oracle.len() == 1 },
+    )
+    .await;
+    agent.shutdown.trigger();
+    let admin = agent.admin;
+    eventually(Duration::from_secs(2), "/readyz says 503", || async move {
+        http::get(admin, "/readyz").await.status == 503
+    })
+    .await;
+    assert!(
+        !in_flight.is_finished(),
+        "503 came while the reply was in flight"
+    );
+    assert_eq!(in_flight.await.unwrap(), "down #first probe pending\n");
+}
