@@ -91,7 +91,7 @@ impl SettingError {
 impl fmt::Display for SettingError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.value {
-            Some(value) if spec::is_secret(&self.key) => write!(
+            Some(value) if spec::hide_value_in_errors(&self.key) => write!(
                 f,
                 "{} = <redacted> (from {}): {}",
                 self.key, value.source, self.problem
@@ -642,7 +642,11 @@ fn parse_pairs(text: &str) -> Result<Vec<(String, String)>, String> {
             Some((name, value)) if !name.trim().is_empty() => {
                 Ok((name.trim().to_string(), value.trim().to_string()))
             }
-            _ => Err(format!("{pair:?} is not name=value")),
+            Some(_) => Err("an entry has an empty name; use name=value".to_string()),
+            None => Err(format!(
+                "{:?} is not name=value (values cannot contain commas)",
+                pair.split('=').next().unwrap_or_default()
+            )),
         })
         .collect()
 }

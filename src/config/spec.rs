@@ -51,8 +51,6 @@ fn env_name(key: &str) -> String {
     format!("{ENV_PREFIX}{}", key.to_ascii_uppercase())
 }
 
-impl Spec {}
-
 pub const ENV_PREFIX: &str = "HAPROXY_AGENT_";
 
 const fn spec(
@@ -381,6 +379,12 @@ pub const SETTINGS: &[Spec] = &[
 /// Settings whose values are credentials: never logged, printed or echoed in errors.
 pub fn is_secret(key: &str) -> bool {
     key == "admin_token"
+}
+
+/// Settings whose values may hold credentials (metadata headers carry API keys): their
+/// values are left out of error messages too.
+pub fn hide_value_in_errors(key: &str) -> bool {
+    is_secret(key) || key == "grpc_metadata"
 }
 
 /// The spec for `key`, by canonical name or file alias.

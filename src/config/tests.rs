@@ -390,7 +390,7 @@ fn every_validation_rule_names_setting_layer_value_and_fix() {
             &["--grpc-metadata", "te=x"],
             None,
             &[],
-            "grpc_metadata = \"te=x\" (from flag --grpc-metadata): \"te\" is reserved",
+            "grpc_metadata = <redacted> (from flag --grpc-metadata): \"te\" is reserved",
         ),
         (
             &["--grpc-metadata", "Bad Name=x"],

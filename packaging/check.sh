@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Checks the packages packaging/build.sh made: lintian, contents (files, modes, conffiles,
+# dependencies), the packaged binary run from an extracted root (--version,
+# --check-config against the packaged config), and the systemd unit
+# (systemd-analyze verify; the security score is printed). Any failure fails the run.
+# On a fresh machine it installs lintian and rpm (as root, with apt).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v lintian >/dev/null 2>&1 || missing+=(lintian)
+command -v rpm >/dev/null 2>&1 || missing+=(rpm)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "== installing ${missing[*]}"
+        apt-get update -q
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+    else
+        echo "error: missing ${missing[*]}; install them and run again" >&2
+        exit 1
+    fi
+fi
+
+deb=$(ls target/packages/*.deb)
+rpm=$(ls target/packages/*.rpm)
+fail() { echo "error: $*" >&2; exit 1; }
+
+echo "== lintian $deb"
+# Errors and warnings fail; every override is in packaging/debian/lintian-overrides with
+# its reason. (lintian refuses to run as root without --allow-root.)
+lintian --allow-root --fail-on error,warning --info "$deb"
+
+echo "== .deb contents"
+dpkg-deb --info "$deb"
+contents=$(dpkg-deb --contents "$deb")
+echo "$contents"
+expect_deb() { # mode path
+    grep -qE "^$1 root/root .* \./$2\$" <<<"$contents" || fail ".deb lacks $1 $2"
+}
+expect_deb -rwxr-xr-x usr/bin/haproxy-grpc-agent
+expect_deb -rw-r----- etc/haproxy-grpc-agent/config.toml
+expect_deb -rw-r--r-- 'usr/lib/systemd/system/haproxy-grpc-agent.service|lib/systemd/system/haproxy-grpc-agent.service'
+expect_deb -rw-r--r-- usr/share/man/man1/haproxy-grpc-agent.1.gz
+expect_deb -rw-r--r-- usr/share/bash-completion/completions/haproxy-grpc-agent
+expect_deb -rw-r--r-- usr/share/zsh/vendor-completions/_haproxy-grpc-agent
+expect_deb -rw-r--r-- usr/share/fish/vendor_completions.d/haproxy-grpc-agent.fish
+expect_deb -rw-r--r-- usr/share/doc/haproxy-grpc-agent/copyright
+expect_deb -rw-r--r-- usr/share/doc/haproxy-grpc-agent/changelog.Debian.gz
+dpkg-deb --field "$deb" Depends | grep -q adduser || fail ".deb does not depend on adduser"
+control=$(mktemp -d)
+dpkg-deb --control "$deb" "$control"
+grep -qx /etc/haproxy-grpc-agent/config.toml "$control/conffiles" || fail "config.toml is not a conffile"
+for script in postinst prerm postrm; do
+    [ -x "$control/$script" ] || fail ".deb has no $script"
+done
+grep -q "deb-systemd-helper enable" "$control/postinst" || fail "postinst does not enable the unit"
+rm -rf "$control"
+
+echo "== .rpm contents"
+rpm -qip "$rpm"
+rpm -qlvp "$rpm"
+rpm -qp --requires "$rpm"
+rpm -qp --scripts "$rpm"
+rpm -qcp "$rpm" | grep -qx /etc/haproxy-grpc-agent/config.toml || fail "config.toml is not %config in the .rpm"
+for path in /usr/bin/haproxy-grpc-agent /usr/lib/systemd/system/haproxy-grpc-agent.service \
+    /usr/share/man/man1/haproxy-grpc-agent.1.gz /usr/share/bash-completion/completions/haproxy-grpc-agent \
+    /usr/share/zsh/site-functions/_haproxy-grpc-agent /usr/share/fish/vendor_completions.d/haproxy-grpc-agent.fish; do
+    rpm -qlp "$rpm" | grep -qx "$path" || fail ".rpm lacks $path"
+done
+
+echo "== packaged binary, from extracted roots"
+root=$(mktemp -d)
+trap 'rm -rf "$root"' EXIT
+dpkg-deb --extract "$deb" "$root/deb"
+mkdir -p "$root/rpm"
+(cd "$root/rpm" && rpm2cpio "$OLDPWD/$rpm" | cpio -idm --quiet)
+version=$(cargo metadata --no-deps --format-version 1 | python3 -c 'import json,sys; print(json.load(sys.stdin)["packages"][0]["version"])')
+for tree in "$root/deb" "$root/rpm"; do
+    bin="$tree/usr/bin/haproxy-grpc-agent"
+    size=$(stat -c %s "$bin")
+    [ "$size" -lt 20000000 ] || fail "$bin is $size bytes (limit 20 MB)"
+    [ "$("$bin" --version)" = "haproxy-grpc-agent $version" ] || fail "$bin --version"
+    env -u HAPROXY_AGENT_CONFIG "$bin" --config "$tree/etc/haproxy-grpc-agent/config.toml" --check-config >/dev/null \
+        || fail "$bin --check-config rejects the packaged config"
+    echo "ok: $bin ($size bytes) runs and accepts the packaged config"
+done
+
+echo "== systemd unit"
+unit="$root/deb/usr/lib/systemd/system/haproxy-grpc-agent.service"
+[ -f "$unit" ] || unit="$root/deb/lib/systemd/system/haproxy-grpc-agent.service"
+# verify resolves ExecStart= against the extracted root.
+systemd-analyze verify --root="$root/deb" "$unit"
+systemd-analyze security --offline=true --root="$root/deb" "$unit" | tail -n 1
