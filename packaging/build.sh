@@ -35,7 +35,7 @@ echo "== man page, completions (generated from the command-line definition)"
 assets=target/package-assets
 rm -rf "$assets"
 cargo run --locked --quiet --example package_assets -- "$assets"
-gzip -9n --force "$assets/haproxy-grpc-agent.1"
+gzip -9n --force "$assets"/*.1
 
 echo "== packages"
 out=target/packages
