@@ -60,6 +60,20 @@ wait "$agent" || fail "the installed agent did not exit 0 on SIGTERM"
 echo "ok: installed, started as haproxy-grpc-agent, answered /healthz, reloaded, stopped"
 rm -f "$log"
 
+echo "== upgrade keeps a locally edited configuration"
+echo '# edited by the operator' >>/etc/haproxy-grpc-agent/config.toml
+next=$(mktemp -d)
+version=$(dpkg-deb --field "$deb" Version)
+cargo deb --no-build --locked --deb-version "${version%-*}-99" --output "$next/" >/dev/null
+dpkg -i "$next"/*.deb
+rm -rf "$next"
+[ "$(dpkg-query -W -f '${Version}' haproxy-grpc-agent)" = "${version%-*}-99" ] || fail "upgrade did not install"
+tail -n 1 /etc/haproxy-grpc-agent/config.toml | grep -qx '# edited by the operator' \
+    || fail "the upgrade replaced the edited config.toml"
+[ "$(stat -c '%a %G' /etc/haproxy-grpc-agent/config.toml)" = "640 haproxy-grpc-agent" ] \
+    || fail "the upgrade changed config.toml's mode or group"
+echo "ok: upgraded to ${version%-*}-99 with the edited config kept (0640)"
+
 echo "== dpkg --purge"
 dpkg --purge haproxy-grpc-agent
 trap - EXIT
