@@ -13,6 +13,8 @@
 mod backend;
 #[path = "../tests/support/http.rs"]
 mod http;
+#[path = "../tests/support/load.rs"]
+mod load;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,8 +26,8 @@ use haproxy_grpc_agent::App;
 use haproxy_grpc_agent::config::{Settings, parse_duration};
 use haproxy_grpc_agent::responder::{self, ConstantUp};
 use haproxy_grpc_agent::shutdown::Shutdown;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use load::{Phase, run_phase, warm_up};
+use tokio::net::TcpListener;
 
 #[derive(Parser)]
 struct Args {
@@ -209,138 +211,4 @@ async fn start_servers(
         backends,
         shutdown,
     )
-}
-
-/// Registers every target and waits until each answers `up`.
-async fn warm_up(addr: SocketAddr, lines: &[String]) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for line in lines {
-        loop {
-            let (reply, _) = request(addr, line).await.expect("agent answers");
-            if reply.starts_with(b"up") {
-                break;
-            }
-            assert!(Instant::now() < deadline, "target never came up: {line}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-}
-
-/// One HAProxy-style request: connect, send, read the reply line, reset.
-async fn request(addr: SocketAddr, line: &str) -> std::io::Result<(Vec<u8>, Duration)> {
-    let started = Instant::now();
-    let mut stream = TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    stream.write_all(line.as_bytes()).await?;
-    let mut reply = Vec::with_capacity(64);
-    let mut buf = [0u8; 128];
-    while !reply.ends_with(b"\n") {
-        let read = stream.read(&mut buf).await?;
-        if read == 0 {
-            break;
-        }
-        reply.extend_from_slice(&buf[..read]);
-    }
-    let elapsed = started.elapsed();
-    // HAProxy resets agent connections; so does this, which also spares TIME_WAIT.
-    stream.set_zero_linger()?;
-    Ok((reply, elapsed))
-}
-
-#[derive(Default)]
-struct Phase {
-    latencies_us: Vec<u32>,
-    elapsed: Duration,
-    not_up: u64,
-    errors: u64,
-}
-
-async fn run_phase(
-    addr: SocketAddr,
-    lines: Arc<Vec<String>>,
-    concurrency: usize,
-    duration: Duration,
-) -> Phase {
-    let started = Instant::now();
-    let end = started + duration;
-    let workers: Vec<_> = (0..concurrency)
-        .map(|worker| {
-            let lines = Arc::clone(&lines);
-            tokio::spawn(async move {
-                let mut phase = Phase::default();
-                let mut next = worker;
-                while Instant::now() < end {
-                    next = (next + 7919) % lines.len();
-                    match request(addr, &lines[next]).await {
-                        Ok((reply, elapsed)) => {
-                            phase
-                                .latencies_us
-                                .push(elapsed.as_micros().min(u32::MAX as u128) as u32);
-                            phase.not_up += u64::from(!reply.starts_with(b"up"));
-                        }
-                        Err(_) => phase.errors += 1,
-                    }
-                }
-                phase
-            })
-        })
-        .collect();
-    let mut total = Phase::default();
-    for worker in workers {
-        total.merge(worker.await.unwrap());
-    }
-    total.elapsed = started.elapsed();
-    total
-}
-
-struct Summary {
-    rate: f64,
-    p50: u32,
-    p99: u32,
-    p999: u32,
-    not_up: u64,
-    errors: u64,
-}
-
-impl Summary {
-    fn print(&self, name: &str) {
-        let errors = if self.errors > 0 {
-            format!(" ({} errors)", self.errors)
-        } else {
-            String::new()
-        };
-        println!(
-            "{name:<9} {:>9.0} {:>9} {:>9} {:>9} {:>8}{errors}",
-            self.rate, self.p50, self.p99, self.p999, self.not_up
-        );
-    }
-}
-
-impl Phase {
-    fn summary(&mut self) -> Summary {
-        self.latencies_us.sort_unstable();
-        let at = |q: f64| {
-            let n = self.latencies_us.len();
-            if n == 0 {
-                0
-            } else {
-                self.latencies_us[((n as f64 * q) as usize).min(n - 1)]
-            }
-        };
-        Summary {
-            rate: self.latencies_us.len() as f64 / self.elapsed.as_secs_f64(),
-            p50: at(0.50),
-            p99: at(0.99),
-            p999: at(0.999),
-            not_up: self.not_up,
-            errors: self.errors,
-        }
-    }
-
-    fn merge(&mut self, other: Phase) {
-        self.latencies_us.extend(other.latencies_us);
-        self.elapsed += other.elapsed;
-        self.not_up += other.not_up;
-        self.errors += other.errors;
-    }
 }

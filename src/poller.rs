@@ -94,7 +94,21 @@ pub struct Shared {
     pub epoch: Instant,
 }
 
+/// Probes start on slot boundaries: pollers due within one slot wake together, so the
+/// runtime wakes once per slot rather than once per probe (a thread wake-up costs more
+/// than a probe). The interval and its jitter are kept; a probe starts at most one slot
+/// late.
+pub const PROBE_SLOT: Duration = Duration::from_millis(25);
+
 impl Shared {
+    /// The first slot boundary at or after `due`.
+    pub fn slotted(&self, due: Instant) -> Instant {
+        let slot = PROBE_SLOT.as_nanos();
+        let since = due.saturating_duration_since(self.epoch).as_nanos();
+        let rounded = since.div_ceil(slot) * slot;
+        self.epoch + Duration::from_nanos(rounded as u64)
+    }
+
     /// Milliseconds from the epoch to `at`.
     pub fn millis(&self, at: Instant) -> u64 {
         at.saturating_duration_since(self.epoch).as_millis() as u64
@@ -247,7 +261,7 @@ pub async fn run(entry: Arc<Entry>, prober: Arc<dyn TargetProber>, shared: Arc<S
             let reload = shared.reconfigured.notified();
             tokio::select! {
                 _ = stop.triggered() => return,
-                _ = tokio::time::sleep_until(due) => break,
+                _ = tokio::time::sleep_until(shared.slotted(due)) => break,
                 _ = entry.refresh.notified() => {
                     due = Instant::now();
                     break;

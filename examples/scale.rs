@@ -1,0 +1,374 @@
+//! Scale benchmark: the real agent binary as a child process, measured from /proc (CPU
+//! seconds, RSS, open fds), against a farm of tonic health backends in this process that
+//! counts the Check RPCs it receives.
+//!
+//! Phases: register every target (one request each) and wait for them to be up; an idle
+//! window (background probes only): agent CPU per probe, probes per target per
+//! interval, poll lag from the agent's own histogram; a loaded window with an HAProxy-like
+//! client asking as fast as it can: answers/s, latency, and again probes per target per
+//! interval (HAProxy's rate must not change the backends' load).
+//!
+//! ```text
+//! cargo build --release --bin haproxy-grpc-agent --example scale
+//! target/release/examples/scale --backends 1000 --services 10 --interval 1s --window 10s
+//! ```
+
+#[path = "../tests/support/backend.rs"]
+mod backend;
+#[path = "../tests/support/http.rs"]
+mod http;
+#[path = "../tests/support/load.rs"]
+mod load;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backend::{HealthBackend, Wire};
+use clap::Parser;
+use haproxy_grpc_agent::config::parse_duration;
+
+#[derive(Parser)]
+struct Args {
+    /// Backend ports in the farm.
+    #[arg(long, default_value_t = 1000)]
+    backends: usize,
+    /// Services per backend; targets = backends x services.
+    #[arg(long, default_value_t = 1)]
+    services: usize,
+    /// The agent's --check-interval.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    interval: Duration,
+    /// Length of each measured window.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    window: Duration,
+    /// Connections the loaded window keeps in flight (0 skips it).
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// The agent binary.
+    #[arg(long, default_value = "target/release/haproxy-grpc-agent")]
+    agent: PathBuf,
+    /// More flags for the agent (repeatable), e.g. --agent-flag=--rise=1.
+    #[arg(long = "agent-flag", allow_hyphen_values = true)]
+    agent_flags: Vec<String>,
+}
+
+fn main() {
+    let args = Args::parse();
+    raise_open_file_limit();
+    let targets = args.backends * args.services;
+    let farm_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let (farm, lines) = farm_runtime.block_on(start_farm(args.backends, args.services));
+    println!(
+        "farm: {} backends x {} services = {targets} targets, up in {:.1}s",
+        args.backends,
+        args.services,
+        started.elapsed().as_secs_f64()
+    );
+    let mut agent = Agent::spawn(&args, targets);
+    let at_start = agent.stats();
+    println!(
+        "agent: pid {}, answering on {}, admin on {}; at start RSS {} KiB, {} fds",
+        agent.pid(),
+        agent.addr,
+        agent.admin,
+        at_start.rss_kib,
+        at_start.fds
+    );
+
+    let lines = Arc::new(lines);
+    let registered = Instant::now();
+    client.block_on(load::warm_up(agent.addr, &lines));
+    println!(
+        "registered {targets} targets, all up, in {:.1}s",
+        registered.elapsed().as_secs_f64()
+    );
+    // Let the first-probe burst spread out over a couple of intervals.
+    std::thread::sleep(args.interval * 2);
+
+    let total_checks = || farm.iter().map(HealthBackend::total_checks).sum::<u64>();
+    let expected =
+        |window: Duration| targets as f64 * window.as_secs_f64() / args.interval.as_secs_f64();
+
+    // Idle: background probes only.
+    let before = agent.stats();
+    let lag_before = client.block_on(lag_histogram(agent.admin));
+    let checks_before = total_checks();
+    let window_started = Instant::now();
+    std::thread::sleep(args.window);
+    let window = window_started.elapsed();
+    let checks = total_checks() - checks_before;
+    let after = agent.stats();
+    let lag_after = client.block_on(lag_histogram(agent.admin));
+    let cpu = after.cpu_seconds - before.cpu_seconds;
+    println!(
+        "idle {:.1}s: {checks} probes, {:.3} per target per interval; agent CPU {:.2}s = {:.1} µs per probe ({:.0}% of one core)",
+        window.as_secs_f64(),
+        checks as f64 / expected(window),
+        cpu,
+        cpu * 1e6 / checks.max(1) as f64,
+        cpu * 100.0 / window.as_secs_f64()
+    );
+    println!(
+        "idle: RSS {} KiB ({:.1} KiB per target above the start), {} fds; poll lag p50 <= {}, p99 <= {}, max bucket {} ({} probes)",
+        after.rss_kib,
+        (after.rss_kib as f64 - at_start.rss_kib as f64) / targets as f64,
+        after.fds,
+        lag_before.quantile_bound(&lag_after, 0.50),
+        lag_before.quantile_bound(&lag_after, 0.99),
+        lag_before.quantile_bound(&lag_after, 1.0),
+        lag_after.count - lag_before.count
+    );
+
+    if args.concurrency > 0 {
+        let before = agent.stats();
+        let checks_before = total_checks();
+        let mut phase = client.block_on(load::run_phase(
+            agent.addr,
+            Arc::clone(&lines),
+            args.concurrency,
+            args.window,
+        ));
+        let checks = total_checks() - checks_before;
+        let after = agent.stats();
+        let summary = phase.summary();
+        println!(
+            "loaded {:.1}s: {:.0} answers/s, p50 {} µs, p99 {} µs, p999 {} µs, {} not up, {} errors",
+            phase.elapsed.as_secs_f64(),
+            summary.rate,
+            summary.p50,
+            summary.p99,
+            summary.p999,
+            summary.not_up,
+            summary.errors
+        );
+        let cpu = after.cpu_seconds - before.cpu_seconds;
+        println!(
+            "loaded: {checks} probes, {:.3} per target per interval while HAProxy asked {:.0}/s; agent CPU {:.2}s ({:.1} µs per answer+probe); RSS {} KiB, {} fds",
+            checks as f64 / expected(phase.elapsed),
+            summary.rate,
+            cpu,
+            cpu * 1e6 / (checks as f64 + summary.rate * phase.elapsed.as_secs_f64()),
+            after.rss_kib,
+            after.fds
+        );
+    }
+    agent.stop();
+}
+
+/// The farm: `backends` tonic health servers on 127.0.0.1, each serving `services`
+/// services, all SERVING. Returns them and one agent line per target.
+async fn start_farm(backends: usize, services: usize) -> (Vec<HealthBackend>, Vec<String>) {
+    let mut farm = Vec::with_capacity(backends);
+    let mut lines = Vec::with_capacity(backends * services);
+    for _ in 0..backends {
+        let backend = HealthBackend::start().await;
+        for service in 0..services {
+            let name = format!("bench.S{service}");
+            backend.set(&name, Wire::Serving);
+            lines.push(format!(
+                "127.0.0.1 {} no-ssl localhost {name}\n",
+                backend.port()
+            ));
+        }
+        farm.push(backend);
+    }
+    (farm, lines)
+}
+
+/// The agent binary, running.
+struct Agent {
+    child: Child,
+    addr: SocketAddr,
+    admin: SocketAddr,
+}
+
+/// What /proc says about a process.
+struct Stats {
+    cpu_seconds: f64,
+    rss_kib: u64,
+    fds: usize,
+}
+
+impl Agent {
+    fn spawn(args: &Args, targets: usize) -> Agent {
+        let interval = format!("{}ms", args.interval.as_millis());
+        let max_targets = (targets + 10).to_string();
+        let mut child = Command::new(&args.agent)
+            .args([
+                "--server-bind",
+                "127.0.0.1",
+                "--server-port",
+                "0",
+                "--metrics-port",
+                "0",
+                "--check-interval",
+                &interval,
+                "--max-targets",
+                &max_targets,
+                "--max-connections",
+                "10000",
+                "--idle-ttl",
+                "1h",
+                "--log-level",
+                "warn",
+                "--log-modules",
+                "haproxy_grpc_agent=info",
+            ])
+            .args(&args.agent_flags)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!(
+                    "cannot start {}: {error}; build it first (cargo build --release)",
+                    args.agent.display()
+                )
+            });
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains("\"agent listening\"") {
+                    let field = |name: &str| {
+                        line.split(&format!("\"{name}\":\""))
+                            .nth(1)
+                            .and_then(|rest| rest.split('"').next())
+                            .map(|addr| addr.parse::<SocketAddr>().unwrap())
+                    };
+                    let _ = tx.send((field("agent_addr"), field("admin_addr")));
+                }
+                // Everything else (transitions) is read and dropped.
+            }
+        });
+        let (addr, admin) = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the agent logs its addresses");
+        Agent {
+            child,
+            addr: addr.unwrap(),
+            admin: admin.unwrap(),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn stats(&self) -> Stats {
+        let pid = self.pid();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        // Fields after the parenthesised command name; utime and stime are 14 and 15.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        // SAFETY: sysconf only reads a system constant.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let cpu_seconds =
+            (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / ticks;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let rss_kib = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.split_whitespace().next())
+            .and_then(|kib| kib.parse().ok())
+            .unwrap_or(0);
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|dir| dir.count())
+            .unwrap_or(0);
+        Stats {
+            cpu_seconds,
+            rss_kib,
+            fds,
+        }
+    }
+
+    fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// The agent's `poller_lag_seconds` histogram: cumulative counts per upper bound.
+struct Histogram {
+    buckets: Vec<(f64, u64)>,
+    count: u64,
+}
+
+async fn lag_histogram(admin: SocketAddr) -> Histogram {
+    let text = http::get(admin, "/metrics").await.body;
+    let mut buckets = Vec::new();
+    let mut count = 0;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("haproxy_grpc_agent_poller_lag_seconds_bucket{le=\"")
+        {
+            let (bound, value) = rest.split_once("\"} ").unwrap();
+            let bound = if bound == "+Inf" {
+                f64::INFINITY
+            } else {
+                bound.parse().unwrap()
+            };
+            buckets.push((bound, value.parse().unwrap()));
+        } else if let Some(value) =
+            line.strip_prefix("haproxy_grpc_agent_poller_lag_seconds_count ")
+        {
+            count = value.parse().unwrap();
+        }
+    }
+    Histogram { buckets, count }
+}
+
+impl Histogram {
+    /// The smallest bucket bound holding the `q` quantile of what was observed between
+    /// `self` and `later`, as text.
+    fn quantile_bound(&self, later: &Histogram, q: f64) -> String {
+        let total = later.count - self.count;
+        if total == 0 {
+            return "n/a".into();
+        }
+        for ((bound, after), (_, before)) in later.buckets.iter().zip(&self.buckets) {
+            if (after - before) as f64 >= q * total as f64 {
+                return if bound.is_infinite() {
+                    "> 2.5s".into()
+                } else {
+                    format!("{}ms", bound * 1000.0)
+                };
+            }
+        }
+        "n/a".into()
+    }
+}
+
+/// The farm and the client need a socket per backend and per connection.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
