@@ -12,16 +12,31 @@ use tokio::net::TcpStream;
 
 /// Registers every target and waits until each answers `up`.
 pub async fn warm_up(addr: SocketAddr, lines: &[String]) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for line in lines {
-        loop {
-            let (reply, _) = request(addr, line).await.expect("agent answers");
-            if reply.starts_with(b"up") {
-                break;
-            }
-            assert!(Instant::now() < deadline, "target never came up: {line}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+    // 64 at a time: first requests wait for a probe, so one by one is slow at scale.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let lines: Arc<Vec<String>> = Arc::new(lines.to_vec());
+    let workers: Vec<_> = (0..64)
+        .map(|_| {
+            let (next, lines) = (Arc::clone(&next), Arc::clone(&lines));
+            tokio::spawn(async move {
+                loop {
+                    let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(line) = lines.get(index) else { return };
+                    loop {
+                        let (reply, _) = request(addr, line).await.expect("agent answers");
+                        if reply.starts_with(b"up") {
+                            break;
+                        }
+                        assert!(Instant::now() < deadline, "target never came up: {line}");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.expect("warm-up worker");
     }
 }
 
