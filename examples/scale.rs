@@ -54,6 +54,10 @@ struct Args {
     /// More flags for the agent (repeatable), e.g. --agent-flag=--rise=1.
     #[arg(long = "agent-flag", allow_hyphen_values = true)]
     agent_flags: Vec<String>,
+    /// Instead of the windows: ask for every target at once, all unseen (cold start),
+    /// with this --max-probes-in-flight.
+    #[arg(long)]
+    cold: Option<usize>,
 }
 
 fn main() {
@@ -90,6 +94,11 @@ fn main() {
     );
 
     let lines = Arc::new(lines);
+    if let Some(bound) = args.cold {
+        client.block_on(cold_start(&agent, &farm, &lines, args.services, bound));
+        agent.stop();
+        return;
+    }
     let registered = Instant::now();
     client.block_on(load::warm_up(agent.addr, &lines));
     println!(
@@ -169,6 +178,81 @@ fn main() {
     agent.stop();
 }
 
+/// Every target asked for at once, none seen before: each request must be answered within
+/// the miss timeout, each target probed exactly once, and the probes in flight (sampled
+/// from the agent's gauge every millisecond) must stay within the bound.
+async fn cold_start(
+    agent: &Agent,
+    farm: &[HealthBackend],
+    lines: &Arc<Vec<String>>,
+    services: usize,
+    bound: usize,
+) {
+    let admin = agent.admin;
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let sampling = Arc::clone(&sampling);
+        tokio::spawn(async move {
+            let mut most = 0u64;
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                let text = http::get(admin, "/metrics").await.body;
+                let now = text
+                    .lines()
+                    .find_map(|line| line.strip_prefix("haproxy_grpc_agent_probes_in_flight "))
+                    .and_then(|value| value.parse::<f64>().ok())
+                    .unwrap_or(0.0) as u64;
+                most = most.max(now);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            most
+        })
+    };
+    let started = Instant::now();
+    let asks: Vec<_> = lines
+        .iter()
+        .map(|line| {
+            let line = line.clone();
+            let addr = agent.addr;
+            tokio::spawn(async move { load::request(addr, &line).await })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    let mut up = 0;
+    let mut failed = 0;
+    for ask in asks {
+        match ask.await.unwrap() {
+            Ok((reply, latency)) => {
+                up += usize::from(reply.starts_with(b"up"));
+                latencies.push(latency);
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    let all_answered = started.elapsed();
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let most_in_flight = sampler.await.unwrap();
+    latencies.sort();
+    let per_target: Vec<u64> = farm
+        .iter()
+        .flat_map(|backend| (0..services).map(move |s| backend.checks(&format!("bench.S{s}"))))
+        .collect();
+    let once = per_target.iter().filter(|&&checks| checks == 1).count();
+    println!(
+        "cold start: {} requests at once, all answered in {:.0} ms ({} up, {} failed); latency p50 {} ms, max {} ms",
+        lines.len(),
+        all_answered.as_secs_f64() * 1000.0,
+        up,
+        failed,
+        latencies[latencies.len() / 2].as_millis(),
+        latencies.last().unwrap().as_millis()
+    );
+    println!(
+        "cold start: {once} of {} targets probed exactly once (most {}); probes in flight sampled at most {most_in_flight} (bound {bound})",
+        per_target.len(),
+        per_target.iter().max().unwrap()
+    );
+}
+
 /// The farm: `backends` tonic health servers on 127.0.0.1, each serving `services`
 /// services, all SERVING. Returns them and one agent line per target.
 async fn start_farm(backends: usize, services: usize) -> (Vec<HealthBackend>, Vec<String>) {
@@ -205,7 +289,11 @@ struct Stats {
 
 impl Agent {
     fn spawn(args: &Args, targets: usize) -> Agent {
-        let interval = format!("{}ms", args.interval.as_millis());
+        // A cold start measures first probes only: nothing else may reach the farm.
+        let interval = match args.cold {
+            Some(_) => "60s".to_string(),
+            None => format!("{}ms", args.interval.as_millis()),
+        };
         let max_targets = (targets + 10).to_string();
         let mut child = Command::new(&args.agent)
             .args([
@@ -229,6 +317,11 @@ impl Agent {
                 "haproxy_grpc_agent=info",
             ])
             .args(&args.agent_flags)
+            .args(
+                args.cold
+                    .iter()
+                    .flat_map(|bound| ["--max-probes-in-flight".to_string(), bound.to_string()]),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
