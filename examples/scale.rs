@@ -48,6 +48,10 @@ struct Args {
     /// Connections the loaded window keeps in flight (0 skips it).
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
+    /// Ask at this fixed rate (requests/s) in the loaded window instead of as fast as
+    /// `--concurrency` allows.
+    #[arg(long)]
+    rate: Option<u32>,
     /// The agent binary.
     #[arg(long, default_value = "target/release/haproxy-grpc-agent")]
     agent: PathBuf,
@@ -58,6 +62,10 @@ struct Args {
     /// with this --max-probes-in-flight.
     #[arg(long)]
     cold: Option<usize>,
+    /// Instead of the windows: flip every target to NOT_SERVING and back, each at a
+    /// random moment, and time how long the agent takes to answer the new state.
+    #[arg(long)]
+    detect: bool,
 }
 
 fn main() {
@@ -82,7 +90,16 @@ fn main() {
         args.services,
         started.elapsed().as_secs_f64()
     );
+    let spawned = Instant::now();
     let mut agent = Agent::spawn(&args, targets);
+    let (first, _) = client
+        .block_on(load::request(agent.addr, &lines[0]))
+        .expect("the agent answers");
+    println!(
+        "start-up: first answer ({}) {:.1} ms after spawning the agent",
+        String::from_utf8_lossy(&first).trim_end(),
+        spawned.elapsed().as_secs_f64() * 1000.0
+    );
     let at_start = agent.stats();
     println!(
         "agent: pid {}, answering on {}, admin on {}; at start RSS {} KiB, {} fds",
@@ -96,6 +113,19 @@ fn main() {
     let lines = Arc::new(lines);
     if let Some(bound) = args.cold {
         client.block_on(cold_start(&agent, &farm, &lines, args.services, bound));
+        agent.stop();
+        return;
+    }
+    if args.detect {
+        client.block_on(load::warm_up(agent.addr, &lines));
+        let farm = Arc::new(farm);
+        client.block_on(detection(
+            &agent,
+            &farm,
+            &lines,
+            args.services,
+            args.interval,
+        ));
         agent.stop();
         return;
     }
@@ -145,12 +175,20 @@ fn main() {
     if args.concurrency > 0 {
         let before = agent.stats();
         let checks_before = total_checks();
-        let mut phase = client.block_on(load::run_phase(
-            agent.addr,
-            Arc::clone(&lines),
-            args.concurrency,
-            args.window,
-        ));
+        let mut phase = match args.rate {
+            Some(rate) => client.block_on(load::run_rate(
+                agent.addr,
+                Arc::clone(&lines),
+                rate,
+                args.window,
+            )),
+            None => client.block_on(load::run_phase(
+                agent.addr,
+                Arc::clone(&lines),
+                args.concurrency,
+                args.window,
+            )),
+        };
         let checks = total_checks() - checks_before;
         let after = agent.stats();
         let summary = phase.summary();
@@ -251,6 +289,56 @@ async fn cold_start(
         per_target.len(),
         per_target.iter().max().unwrap()
     );
+}
+
+/// Flips every target down and then up again, each at a random moment within one
+/// interval, polling the agent every 20 ms; prints the percentiles of flip-to-answer time.
+async fn detection(
+    agent: &Agent,
+    farm: &Arc<Vec<HealthBackend>>,
+    lines: &Arc<Vec<String>>,
+    services: usize,
+    interval: Duration,
+) {
+    for (status, expect) in [(Wire::NotServing, "down"), (Wire::Serving, "up")] {
+        let flips: Vec<_> = (0..lines.len())
+            .map(|index| {
+                let (farm, lines) = (Arc::clone(farm), Arc::clone(lines));
+                let addr = agent.addr;
+                tokio::spawn(async move {
+                    tokio::time::sleep(interval.mul_f64(fastrand::f64())).await;
+                    let service = format!("bench.S{}", index % services);
+                    farm[index / services].set(&service, status);
+                    let flipped = Instant::now();
+                    loop {
+                        let (reply, _) = load::request(addr, &lines[index]).await.unwrap();
+                        if reply.starts_with(expect.as_bytes()) {
+                            return flipped.elapsed();
+                        }
+                        assert!(
+                            flipped.elapsed() < Duration::from_secs(120),
+                            "never {expect}"
+                        );
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                })
+            })
+            .collect();
+        let mut latencies = Vec::new();
+        for flip in flips {
+            latencies.push(flip.await.unwrap());
+        }
+        latencies.sort();
+        let at =
+            |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+        println!(
+            "detection to {expect}: {} flips, p50 {} ms, p99 {} ms, max {} ms",
+            latencies.len(),
+            at(0.5).as_millis(),
+            at(0.99).as_millis(),
+            latencies.last().unwrap().as_millis()
+        );
+    }
 }
 
 /// The farm: `backends` tonic health servers on 127.0.0.1, each serving `services`

@@ -107,6 +107,41 @@ pub async fn run_phase(
     total
 }
 
+/// Asks at a fixed rate (`per_second` requests, each on its own connection, started on
+/// schedule whatever the earlier ones are doing) for `duration`.
+pub async fn run_rate(
+    addr: SocketAddr,
+    lines: Arc<Vec<String>>,
+    per_second: u32,
+    duration: Duration,
+) -> Phase {
+    let started = Instant::now();
+    let mut ticks = tokio::time::interval(Duration::from_secs(1) / per_second.max(1));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut asks = Vec::new();
+    let mut next = 0;
+    while started.elapsed() < duration {
+        ticks.tick().await;
+        next = (next + 7919) % lines.len();
+        let line = lines[next].clone();
+        asks.push(tokio::spawn(async move { request(addr, &line).await }));
+    }
+    let mut phase = Phase::default();
+    for ask in asks {
+        match ask.await.unwrap() {
+            Ok((reply, elapsed)) => {
+                phase
+                    .latencies_us
+                    .push(elapsed.as_micros().min(u32::MAX as u128) as u32);
+                phase.not_up += u64::from(!reply.starts_with(b"up"));
+            }
+            Err(_) => phase.errors += 1,
+        }
+    }
+    phase.elapsed = started.elapsed();
+    phase
+}
+
 pub struct Summary {
     pub rate: f64,
     pub p50: u32,
