@@ -1,8 +1,9 @@
 //! Asking a backend `grpc.health.v1.Health/Check`: the [`Probe`] seam and its gRPC
-//! implementation. This is the only module that speaks gRPC (and imports tonic).
+//! implementation. This is the only module that speaks gRPC.
 
 mod connect;
 mod grpc;
+mod h2;
 mod insecure;
 
 use std::future::Future;

@@ -131,7 +131,7 @@ pub const SETTINGS: &[Spec] = &[
             Some("1000ms"),
             "duration",
             Live,
-            "bound on resolve, TCP connect and TLS handshake to a backend (on reload, the handshake bound applies to backends registered afterwards)",
+            "bound on resolve, TCP connect, TLS and HTTP/2 handshakes to a backend",
         ),
         &["grpc_connect_timeout_ms"],
     ),

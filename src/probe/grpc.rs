@@ -1,23 +1,22 @@
-//! The tonic implementation of [`Probe`]: one lazily connected HTTP/2 channel per backend
-//! endpoint (host, port, tls, authority), shared by every service checked on it.
+//! The implementation of [`Probe`]: one lazily connected HTTP/2 connection per backend
+//! endpoint (host, port, tls, authority), shared by every service checked on it, with TLS
+//! by rustls. The calls themselves are in [`super::h2`].
 
 use std::collections::HashMap;
-use std::error::Error as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use rustls::client::danger::ServerCertVerifier;
+use rustls::pki_types::ServerName;
 use tonic::Code;
-use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
 
-use super::connect::{ConnectFailure, ConnectTo};
+use super::connect::ConnectTo;
+use super::h2::{Connection, Prepared, Tls};
 use super::insecure;
-use super::pb::HealthCheckRequest;
-use super::pb::health_client::HealthClient;
-use super::{BoxFuture, Outcome, Probe, ProbeError, ServingStatus, TargetProber};
+use super::{BoxFuture, Outcome, Probe, ProbeError, TargetProber};
 use crate::protocol::Target;
 
 /// How checks reach backends.
@@ -120,7 +119,9 @@ pub struct GrpcProbe {
     /// Read on every connect and check, so a reload applies at once.
     timeouts: Arc<ArcSwap<Timeouts>>,
     builder: ChannelBuilder,
-    metadata: MetadataMap,
+    /// The extra metadata headers and the user agent, sent with every Check.
+    metadata: HeaderMap,
+    user_agent: HeaderValue,
     channels: Mutex<ChannelPool>,
 }
 
@@ -129,9 +130,7 @@ pub struct GrpcProbe {
 struct ChannelBuilder {
     /// `grpc_channels_active`: every channel built counts itself until dropped.
     gauge: prometheus::IntGauge,
-    user_agent: String,
-    tls: ClientTlsConfig,
-    verifier: Option<Arc<dyn ServerCertVerifier>>,
+    tls: Arc<rustls::ClientConfig>,
     timeouts: Arc<ArcSwap<Timeouts>>,
 }
 
@@ -145,47 +144,14 @@ impl GrpcProbe {
     /// Loads the CA, certificate and key files and settles which roots TLS uses. A machine
     /// without system roots still verifies against the CA file, if one is given.
     pub fn new(config: ProbeConfig) -> Result<GrpcProbe, ProbeSetupError> {
-        let mut tls = ClientTlsConfig::new().timeout(config.connect_timeout);
-        if let Some(path) = &config.tls.ca_file {
-            tls = tls.ca_certificate(Certificate::from_pem(read_pem(path, Pem::Certificates)?));
-        }
-        if let (Some(cert), Some(key)) = (&config.tls.cert_file, &config.tls.key_file) {
-            let cert = read_pem(cert, Pem::Certificates)?;
-            let key = read_pem(key, Pem::PrivateKey)?;
-            tls = tls.identity(Identity::from_pem(cert, key));
-        }
-        let verifier = config.tls.insecure_skip_verify.then(|| {
-            tracing::warn!("tls_insecure_skip_verify is on: backend certificates are NOT verified");
-            Arc::new(insecure::AcceptAnyCertificate::new()) as Arc<dyn ServerCertVerifier>
-        });
-        let probe_endpoint = Endpoint::from_static("https://localhost");
-        let try_tls = |tls: ClientTlsConfig| match &verifier {
-            Some(verifier) => probe_endpoint
-                .clone()
-                .tls_config_with_verifier(tls, Arc::clone(verifier)),
-            None => probe_endpoint.clone().tls_config(tls),
-        };
-        let with_roots = tls.clone().with_native_roots();
-        let tls = if verifier.is_some() {
-            try_tls(tls.clone()).map_err(|error| ProbeSetupError::Tls(error_chain(&error)))?;
-            tls
-        } else if try_tls(with_roots.clone()).is_ok() {
-            with_roots
-        } else {
-            tracing::warn!(
-                "no usable system tls roots; tls backends are verified against the tls ca file only"
-            );
-            try_tls(tls.clone()).map_err(|error| ProbeSetupError::Tls(error_chain(&error)))?;
-            tls
-        };
-        Endpoint::from_static("http://localhost")
-            .user_agent(config.user_agent.clone())
+        let tls = client_tls(&config.tls)?;
+        let user_agent = HeaderValue::from_str(&config.user_agent)
             .map_err(|_| ProbeSetupError::UserAgent(config.user_agent.clone()))?;
-        let mut metadata = MetadataMap::new();
+        let mut metadata = HeaderMap::new();
         for (name, value) in &config.metadata {
-            let key = MetadataKey::from_bytes(name.as_bytes())
+            let key = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| ProbeSetupError::Metadata(name.clone()))?;
-            let value = MetadataValue::try_from(value.as_str())
+            let value = HeaderValue::from_str(value)
                 .map_err(|_| ProbeSetupError::Metadata(name.clone()))?;
             metadata.insert(key, value);
         }
@@ -197,9 +163,7 @@ impl GrpcProbe {
         let builder = ChannelBuilder {
             gauge: prometheus::IntGauge::new("grpc_channels_active", "channels")
                 .expect("a valid metric name"),
-            user_agent: config.user_agent.clone(),
             tls,
-            verifier,
             timeouts: Arc::clone(&timeouts),
         };
         Ok(GrpcProbe {
@@ -207,6 +171,7 @@ impl GrpcProbe {
             timeouts,
             builder,
             metadata,
+            user_agent,
             channels: Mutex::new(ChannelPool {
                 channels: HashMap::new(),
                 prune_at: 64,
@@ -252,42 +217,92 @@ impl EndpointKey {
 impl ChannelBuilder {
     /// A lazily connecting channel: the connection is made by its first call.
     fn build(&self, key: &EndpointKey) -> Result<CountedChannel, ProbeError> {
-        let invalid = |error: &dyn std::error::Error| ProbeError::InvalidTarget(error.to_string());
-        let scheme = if key.tls { "https" } else { "http" };
-        // The URI carries the authority (`:authority`, TLS server name); the connector
-        // decides where the bytes go.
-        let uri: Uri = format!("{scheme}://{}", key.authority)
-            .parse()
-            .map_err(|error: tonic::codegen::http::uri::InvalidUri| invalid(&error))?;
-        let mut endpoint = Endpoint::from(uri)
-            .user_agent(self.user_agent.clone())
-            .map_err(|error| invalid(&error))?;
-        if key.tls {
-            let configured = match &self.verifier {
-                Some(verifier) => {
-                    endpoint.tls_config_with_verifier(self.tls.clone(), Arc::clone(verifier))
-                }
-                None => endpoint.tls_config(self.tls.clone()),
-            };
-            endpoint = configured.map_err(|error| ProbeError::Tls(error_chain(&error)))?;
-        }
+        let tls = if key.tls {
+            Some(Tls {
+                config: Arc::clone(&self.tls),
+                name: server_name(&key.authority)?,
+            })
+        } else {
+            None
+        };
         let connect_to = ConnectTo {
             host: key.host.clone(),
             port: key.port,
             timeouts: Arc::clone(&self.timeouts),
         };
-        let connector = tower::service_fn(move |_: Uri| connect_to.clone().connect());
         self.gauge.inc();
         Ok(CountedChannel {
-            channel: endpoint.connect_with_connector_lazy(connector),
+            channel: Connection::new(connect_to, tls, Arc::clone(&self.timeouts)),
             gauge: self.gauge.clone(),
         })
     }
 }
 
+/// The TLS server name of an authority: its host, without port or brackets.
+fn server_name(authority: &str) -> Result<ServerName<'static>, ProbeError> {
+    let parsed: http::uri::Authority = authority
+        .parse()
+        .map_err(|error: http::uri::InvalidUri| ProbeError::InvalidTarget(error.to_string()))?;
+    let host = parsed.host().trim_start_matches('[').trim_end_matches(']');
+    ServerName::try_from(host.to_string())
+        .map_err(|error| ProbeError::InvalidTarget(format!("tls name {host:?}: {error}")))
+}
+
+/// The rustls client configuration for `ssl` backends: the system roots plus the CA file
+/// (or no verification at all, when asked), the client certificate for mTLS, and ALPN h2.
+fn client_tls(settings: &TlsSettings) -> Result<Arc<rustls::ClientConfig>, ProbeSetupError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| ProbeSetupError::Tls(error.to_string()))?;
+    let builder = if settings.insecure_skip_verify {
+        tracing::warn!("tls_insecure_skip_verify is on: backend certificates are NOT verified");
+        let verifier: Arc<dyn ServerCertVerifier> = Arc::new(insecure::AcceptAnyCertificate::new());
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        let native = rustls_native_certs::load_native_certs();
+        let (added, _) = roots.add_parsable_certificates(native.certs);
+        if let Some(path) = &settings.ca_file {
+            let pem = read_pem(path, Pem::Certificates)?;
+            for certificate in CertificateDer::pem_slice_iter(&pem) {
+                let certificate =
+                    certificate.map_err(|error| ProbeSetupError::Tls(error.to_string()))?;
+                roots.add(certificate).map_err(|error| {
+                    ProbeSetupError::Tls(format!("{}: {error}", path.display()))
+                })?;
+            }
+        } else if added == 0 {
+            tracing::warn!(
+                "no usable system tls roots and no tls_ca_file: ssl backends will fail verification"
+            );
+        }
+        builder.with_root_certificates(roots)
+    };
+    let mut config = match (&settings.cert_file, &settings.key_file) {
+        (Some(cert), Some(key)) => {
+            let certs = CertificateDer::pem_slice_iter(&read_pem(cert, Pem::Certificates)?)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|error| ProbeSetupError::Tls(error.to_string()))?;
+            let key = PrivateKeyDer::from_pem_slice(&read_pem(key, Pem::PrivateKey)?)
+                .map_err(|error| ProbeSetupError::Tls(error.to_string()))?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|error| ProbeSetupError::Tls(error.to_string()))?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// A channel that counts itself in `grpc_channels_active` while it lives.
 struct CountedChannel {
-    channel: Channel,
+    channel: Connection,
     gauge: prometheus::IntGauge,
 }
 
@@ -314,22 +329,21 @@ impl Probe for GrpcProbe {
                 key: EndpointKey::of(target),
             }
         };
-        Arc::new(GrpcTarget {
-            channels,
-            metadata: self.metadata.clone(),
-            service: target.service.clone(),
-            tls: target.tls,
-            timeouts: Arc::clone(&self.timeouts),
-        })
+        let prepared = Prepared::new(
+            target.tls,
+            &target.authority,
+            &target.service,
+            &self.user_agent,
+            &self.metadata,
+        );
+        Arc::new(GrpcTarget { channels, prepared })
     }
 }
 
 struct GrpcTarget {
     channels: Channels,
-    metadata: MetadataMap,
-    service: String,
-    tls: bool,
-    timeouts: Arc<ArcSwap<Timeouts>>,
+    /// The request, built once for every check of this target.
+    prepared: Result<Prepared, ProbeError>,
 }
 
 /// Where a target's checks get their channel.
@@ -356,74 +370,25 @@ impl TargetProber for GrpcTarget {
             // A fresh channel lives (and counts) until this check ends.
             let fresh;
             let channel = match &self.channels {
-                Channels::Shared(Ok(channel)) => channel.channel.clone(),
+                Channels::Shared(Ok(channel)) => &channel.channel,
                 Channels::Shared(Err(error)) => return Outcome::Failed(error.clone()),
                 Channels::Fresh { builder, key } => match builder.build(key) {
                     Ok(channel) => {
                         fresh = channel;
-                        fresh.channel.clone()
+                        &fresh.channel
                     }
                     Err(error) => return Outcome::Failed(error),
                 },
             };
-            let mut request = tonic::Request::from_parts(
-                self.metadata.clone(),
-                Default::default(),
-                HealthCheckRequest {
-                    service: self.service.clone(),
-                },
-            );
-            // tonic enforces this on the client too, counted from when the connection is
-            // ready; the outer bound covers a connect that never finishes.
-            let timeouts = **self.timeouts.load();
-            request.set_timeout(timeouts.rpc);
-            let mut client = HealthClient::new(channel);
-            let call = client.check(request);
-            match tokio::time::timeout(timeouts.connect + timeouts.rpc, call).await {
-                Err(_) => Outcome::Failed(ProbeError::RpcTimeout(timeouts.rpc)),
-                Ok(Ok(response)) => {
-                    Outcome::Answered(ServingStatus::from_wire(response.into_inner().status))
-                }
-                Ok(Err(status)) => Outcome::Failed(classify(&status, self.tls, timeouts)),
+            match &self.prepared {
+                Ok(prepared) => channel.check(prepared).await,
+                Err(error) => Outcome::Failed(error.clone()),
             }
         })
     }
 }
 
-/// Turns a failed call into the most specific reason its error chain supports.
-fn classify(status: &tonic::Status, tls: bool, timeouts: Timeouts) -> ProbeError {
-    let mut connecting = false;
-    let mut deepest = None;
-    let mut source = status.source();
-    while let Some(error) = source {
-        if let Some(failure) = error.downcast_ref::<ConnectFailure>() {
-            return match failure {
-                ConnectFailure::Dns(message) => ProbeError::Dns(message.clone()),
-                ConnectFailure::Refused => ProbeError::ConnectionRefused,
-                ConnectFailure::Timeout => ProbeError::ConnectTimeout(timeouts.connect),
-                ConnectFailure::Other(error) => ProbeError::Connect(error.to_string()),
-            };
-        }
-        if error.is::<tonic::TimeoutExpired>() {
-            return ProbeError::RpcTimeout(timeouts.rpc);
-        }
-        connecting |= error.is::<tonic::ConnectError>();
-        deepest = Some(error);
-        source = error.source();
-    }
-    match deepest {
-        // Past the TCP connector, a connect error can only come from the TLS handshake.
-        Some(error) if connecting && tls => ProbeError::Tls(error.to_string()),
-        Some(error) if connecting => ProbeError::Connect(error.to_string()),
-        Some(error) => ProbeError::Transport(error.to_string()),
-        None => ProbeError::Status {
-            code: code_name(status.code()).to_string(),
-            message: status.message().to_string(),
-        },
-    }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(super) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(inner) = source {
@@ -435,7 +400,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 }
 
 /// The canonical upper-case gRPC name of a status code.
-fn code_name(code: Code) -> &'static str {
+pub(super) fn code_name(code: Code) -> &'static str {
     match code {
         Code::Ok => "OK",
         Code::Cancelled => "CANCELLED",
