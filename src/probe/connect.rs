@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -37,7 +36,7 @@ pub struct ConnectTo {
 impl ConnectTo {
     /// Resolves the host and connects to the first address that accepts, all within
     /// `timeout`. Addresses are tried in the resolver's order.
-    pub async fn connect(self) -> Result<TokioIo<TcpStream>, ConnectFailure> {
+    pub async fn connect(self) -> Result<TcpStream, ConnectFailure> {
         let deadline = Instant::now() + self.timeouts.load().connect;
         let addrs = tokio::time::timeout_at(deadline, self.resolve())
             .await
@@ -49,7 +48,7 @@ impl ConnectTo {
                 Ok(Ok(stream)) => {
                     // Probes are small request/response exchanges: never wait for Nagle.
                     stream.set_nodelay(true).map_err(ConnectFailure::Other)?;
-                    return Ok(TokioIo::new(stream));
+                    return Ok(stream);
                 }
                 Ok(Err(error)) if error.kind() == io::ErrorKind::ConnectionRefused => {
                     last = ConnectFailure::Refused;

@@ -145,7 +145,6 @@ impl Connection {
                 ConnectFailure::Timeout => ProbeError::ConnectTimeout(timeouts.connect),
                 ConnectFailure::Other(error) => ProbeError::Connect(error.to_string()),
             })?;
-        let tcp = tcp.into_inner();
         let handshake =
             |error: h2::Error| ProbeError::Connect(format!("http/2 handshake: {error}"));
         let sender = match &self.tls {
