@@ -510,7 +510,7 @@ fn setting_block(spec: &Spec) -> String {
         about.push(CREDENTIAL_NOTE.to_string());
     }
     let value = match (spec.default, derived_default) {
-        (Some(default), _) => toml_value(spec, default),
+        (Some(default), _) => spec.toml_scalar(default),
         (None, derived) => {
             about.push(match derived {
                 Some(derived) => format!("Default: {derived}; for example:"),
@@ -634,20 +634,6 @@ fn reload_text(reload: Reload) -> &'static str {
     match reload {
         Reload::Live => "Applies on reload.",
         Reload::Restart => "Needs a restart.",
-    }
-}
-
-/// A value as the file writes it: numbers and booleans bare, everything else a string.
-fn toml_value(spec: &Spec, text: &str) -> String {
-    let bare = match spec.unit {
-        "bool" => text.parse::<bool>().is_ok(),
-        "count" | "port" | "bytes" | "percent" => text.parse::<i64>().is_ok(),
-        _ => false,
-    };
-    if bare {
-        text.to_string()
-    } else {
-        toml::Value::from(text).to_string()
     }
 }
 

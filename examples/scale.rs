@@ -70,7 +70,8 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
-    raise_open_file_limit();
+    // The farm and the client need a socket per backend and per connection.
+    haproxy_grpc_agent::raise_open_file_limit();
     let targets = args.backends * args.services;
     let farm_runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -536,20 +537,5 @@ impl Histogram {
             }
         }
         "n/a".into()
-    }
-}
-
-/// The farm and the client need a socket per backend and per connection.
-fn raise_open_file_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
     }
 }

@@ -179,16 +179,7 @@ fn toml_value(spec: &Spec, text: &str) -> String {
             .collect();
         return format!("{{ {} }}", pairs.join(", "));
     }
-    let bare = match spec.unit {
-        "bool" => text.parse::<bool>().is_ok(),
-        "count" | "port" | "bytes" | "percent" => text.parse::<i64>().is_ok(),
-        _ => false,
-    };
-    if bare {
-        text.to_string()
-    } else {
-        toml::Value::from(text).to_string()
-    }
+    spec.toml_scalar(text)
 }
 
 /// A table key: bare when TOML allows it, quoted otherwise (module paths have `::`).

@@ -36,6 +36,27 @@ use crate::probe::{GrpcProbe, Probe, ProbeSetupError};
 use crate::responder::ResponderConfig;
 use crate::shutdown::Shutdown;
 
+/// Every backend connection and every HAProxy check is a socket, and the usual soft limit
+/// (1024) is far below what a large farm needs: raises it to the hard limit, as Go's
+/// runtime does (systemd's LimitNOFILE sets the hard limit). Returns the old and new soft
+/// limits when it changed anything.
+pub fn raise_open_file_limit() -> Option<(u64, u64)> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= limit.rlim_max
+        {
+            return None;
+        }
+        let soft = limit.rlim_cur;
+        limit.rlim_cur = limit.rlim_max;
+        (libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0).then_some((soft, limit.rlim_max))
+    }
+}
+
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

@@ -112,7 +112,9 @@ async fn run(
     log_filter: logging::FilterHandle,
 ) -> ExitCode {
     tracing::info!(settings = %loaded.summary(), "starting");
-    raise_open_file_limit();
+    if let Some((from, to)) = haproxy_grpc_agent::raise_open_file_limit() {
+        tracing::info!(from, to, "raised the open file limit");
+    }
     let mut signals = match Signals::install() {
         Ok(signals) => signals,
         Err(error) => {
@@ -160,30 +162,4 @@ async fn run(
     let _ = serving.await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
-}
-
-/// Every backend connection and every HAProxy check is a socket, and the usual soft limit
-/// (1024) is far below what a large farm needs: raise it to the hard limit, as Go's
-/// runtime does. systemd's LimitNOFILE sets the hard limit.
-fn raise_open_file_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= limit.rlim_max
-        {
-            return;
-        }
-        let soft = limit.rlim_cur;
-        limit.rlim_cur = limit.rlim_max;
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
-            tracing::info!(
-                from = soft,
-                to = limit.rlim_max,
-                "raised the open file limit"
-            );
-        }
-    }
 }

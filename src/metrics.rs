@@ -17,6 +17,9 @@ const NAMESPACE: &str = "haproxy_grpc_agent";
 pub struct Metrics {
     requests: Results,
     errors: IntCounterVec,
+    /// `check_errors_total`'s children by `error_type`, resolved once: counting a `down`
+    /// answer takes no lock.
+    errors_by_type: std::sync::Arc<std::collections::HashMap<&'static str, IntCounter>>,
     pub check_duration: Histogram,
     pub connections_active: IntGauge,
     pub channels_active: IntGauge,
@@ -79,6 +82,13 @@ impl Metrics {
             0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
             0.25, 0.5, 1.0, 2.5,
         ];
+        let errors = IntCounterVec::new(
+            opts(
+                "check_errors_total",
+                "Agent requests not answered up, by cause",
+            ),
+            &["error_type"],
+        )?;
         let metrics = Metrics {
             requests: Results {
                 up: requests.with_label_values(&["up"]),
@@ -88,13 +98,13 @@ impl Metrics {
                 error: requests.with_label_values(&["error"]),
                 all: requests,
             },
-            errors: IntCounterVec::new(
-                opts(
-                    "check_errors_total",
-                    "Agent requests not answered up, by cause",
-                ),
-                &["error_type"],
-            )?,
+            errors: errors.clone(),
+            errors_by_type: std::sync::Arc::new(
+                ERROR_TYPES
+                    .iter()
+                    .map(|&error_type| (error_type, errors.with_label_values(&[error_type])))
+                    .collect(),
+            ),
             check_duration: seconds(
                 "check_duration_seconds",
                 "Time to answer one agent request, from its line read to its reply ready",
@@ -171,9 +181,6 @@ impl Metrics {
         for result in ["applied", "refused"] {
             metrics.reloads.with_label_values(&[result]);
         }
-        for error_type in ERROR_TYPES {
-            metrics.errors.with_label_values(&[error_type]);
-        }
         Ok(metrics)
     }
 
@@ -216,7 +223,10 @@ impl Metrics {
 
     /// Counts a request answered other than up, by cause.
     pub fn error(&self, error_type: &'static str) {
-        self.errors.with_label_values(&[error_type]).inc();
+        match self.errors_by_type.get(error_type) {
+            Some(counter) => counter.inc(),
+            None => self.errors.with_label_values(&[error_type]).inc(),
+        }
     }
 
     pub fn evicted(&self, cause: &'static str) {

@@ -70,6 +70,14 @@ fn sample(samples: &HashMap<String, f64>, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no sample {series}"))
 }
 
+/// The `/backends` id of a line.
+async fn backend_id(agent: &Agent, line: &str) -> String {
+    backend_view(agent, line).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 /// The `/backends` entry for a line.
 async fn backend_view(agent: &Agent, line: &str) -> serde_json::Value {
     let list = http::get(agent.admin, "/backends").await.json();
@@ -294,10 +302,7 @@ async fn delete_evicts_and_stops_polling() {
         || async { evicted.checks("") >= 3 },
     )
     .await;
-    let id = backend_view(&agent, &line).await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = backend_id(&agent, &line).await;
     let deleted = http::request(agent.admin, "DELETE", &format!("/backends/{id}"), &[]).await;
     assert_eq!(deleted.status, 200, "{}", deleted.body);
     assert_eq!(deleted.json()["line"], line.as_str());
@@ -336,10 +341,7 @@ async fn refresh_probes_now_and_returns_the_new_state() {
     assert!(ask(agent.addr, &line).await.starts_with("up"));
     assert_eq!(backend.checks(""), 1);
     backend.set("", Wire::NotServing);
-    let id = backend_view(&agent, &line).await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = backend_id(&agent, &line).await;
     let refreshed =
         http::request(agent.admin, "POST", &format!("/backends/{id}/refresh"), &[]).await;
     assert_eq!(refreshed.status, 200, "{}", refreshed.body);
@@ -417,10 +419,7 @@ async fn a_reader_that_never_reads_does_not_slow_the_agent() {
     let mut events = EventStream::open(agent.admin).await;
     let line = line_for(backends[0].port(), "");
     backends[0].set("", Wire::NotServing);
-    let id = backend_view(&agent, &line).await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = backend_id(&agent, &line).await;
     let refreshed =
         http::request(agent.admin, "POST", &format!("/backends/{id}/refresh"), &[]).await;
     assert_eq!(refreshed.status, 200);
@@ -436,10 +435,7 @@ async fn mutations_need_the_token_when_one_is_set() {
     let agent = start_agent(&["--admin-token", TOKEN]).await;
     let line = line_for(backend.port(), "");
     assert!(ask(agent.addr, &line).await.starts_with("up"));
-    let id = backend_view(&agent, &line).await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = backend_id(&agent, &line).await;
     let path = format!("/backends/{id}");
     let refresh = format!("/backends/{id}/refresh");
     for (headers, status) in [

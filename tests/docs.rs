@@ -3,10 +3,14 @@
 //! fresh file gets committed), and every flag and `HAPROXY_AGENT_*` variable the README
 //! names exists.
 
+#[path = "support/flags.rs"]
+mod flags;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use haproxy_grpc_agent::config::cli;
+use flags::known_flags;
+
 use haproxy_grpc_agent::config::spec::{Reload, SETTINGS, Spec};
 
 const TABLE_BEGIN: &str = "<!-- settings-table:begin -->";
@@ -174,20 +178,6 @@ fn sections_except(markdown: &str, skip: &[&str]) -> String {
         }
     }
     out
-}
-
-/// Every long flag the command line accepts, subcommands included.
-fn known_flags() -> BTreeSet<String> {
-    let command = cli::command();
-    let mut flags: BTreeSet<String> = ["--help", "--version"].map(String::from).into();
-    for command in std::iter::once(&command).chain(command.get_subcommands()) {
-        for arg in command.get_arguments() {
-            if let Some(long) = arg.get_long() {
-                flags.insert(format!("--{long}"));
-            }
-        }
-    }
-    flags
 }
 
 /// Words like `--check-interval` in `text` (not `---` table rules or `<!--` comments).

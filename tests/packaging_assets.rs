@@ -8,11 +8,15 @@
 #[allow(dead_code)]
 mod package_assets;
 
+#[path = "support/flags.rs"]
+mod flags;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+
+use flags::known_flags;
 use std::process::{Command, Output};
 
-use haproxy_grpc_agent::config::cli;
 use haproxy_grpc_agent::config::spec::{self, SETTINGS, Spec};
 
 use package_assets::Asset;
@@ -300,20 +304,6 @@ fn uncomment(config: &str) -> (String, BTreeMap<String, String>, BTreeSet<String
 /// Whether the value the file shows for `spec` must load as it is.
 fn shown_as_valid(spec: &Spec) -> bool {
     !spec.multi && spec.unit != "path" && !spec::is_secret(spec.key)
-}
-
-/// Every long flag the command line accepts, subcommands included.
-fn known_flags() -> BTreeSet<String> {
-    let command = cli::command();
-    let mut flags: BTreeSet<String> = ["--help", "--version"].map(String::from).into();
-    for command in std::iter::once(&command).chain(command.get_subcommands()) {
-        for arg in command.get_arguments() {
-            if let Some(long) = arg.get_long() {
-                flags.insert(format!("--{long}"));
-            }
-        }
-    }
-    flags
 }
 
 /// Words like `\-\-check\-interval` in roff, unescaped.

@@ -36,6 +36,21 @@ impl Spec {
         env_name(self.key)
     }
 
+    /// A single value as a TOML file writes it: numbers and booleans bare, anything else
+    /// a quoted string (durations included, so `500ms` stays readable).
+    pub fn toml_scalar(&self, text: &str) -> String {
+        let bare = match self.unit {
+            "bool" => text.parse::<bool>().is_ok(),
+            "count" | "port" | "bytes" | "percent" => text.parse::<i64>().is_ok(),
+            _ => false,
+        };
+        if bare {
+            text.to_string()
+        } else {
+            toml::Value::from(text).to_string()
+        }
+    }
+
     /// The environment variables of the aliases.
     pub fn alias_envs(&self) -> impl Iterator<Item = String> {
         self.aliases.iter().map(|alias| env_name(alias))

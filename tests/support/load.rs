@@ -85,15 +85,7 @@ pub async fn run_phase(
                 let mut next = worker;
                 while Instant::now() < end {
                     next = (next + 7919) % lines.len();
-                    match request(addr, &lines[next]).await {
-                        Ok((reply, elapsed)) => {
-                            phase
-                                .latencies_us
-                                .push(elapsed.as_micros().min(u32::MAX as u128) as u32);
-                            phase.not_up += u64::from(!reply.starts_with(b"up"));
-                        }
-                        Err(_) => phase.errors += 1,
-                    }
+                    phase.record(request(addr, &lines[next]).await);
                 }
                 phase
             })
@@ -128,15 +120,7 @@ pub async fn run_rate(
     }
     let mut phase = Phase::default();
     for ask in asks {
-        match ask.await.unwrap() {
-            Ok((reply, elapsed)) => {
-                phase
-                    .latencies_us
-                    .push(elapsed.as_micros().min(u32::MAX as u128) as u32);
-                phase.not_up += u64::from(!reply.starts_with(b"up"));
-            }
-            Err(_) => phase.errors += 1,
-        }
+        phase.record(ask.await.unwrap());
     }
     phase.elapsed = started.elapsed();
     phase
@@ -166,6 +150,18 @@ impl Summary {
 }
 
 impl Phase {
+    /// Counts one request's result.
+    pub fn record(&mut self, result: std::io::Result<(Vec<u8>, Duration)>) {
+        match result {
+            Ok((reply, elapsed)) => {
+                self.latencies_us
+                    .push(elapsed.as_micros().min(u32::MAX as u128) as u32);
+                self.not_up += u64::from(!reply.starts_with(b"up"));
+            }
+            Err(_) => self.errors += 1,
+        }
+    }
+
     pub fn summary(&mut self) -> Summary {
         self.latencies_us.sort_unstable();
         let at = |q: f64| {
