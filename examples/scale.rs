@@ -154,12 +154,15 @@ fn main() {
     let after = agent.stats();
     let lag_after = client.block_on(lag_histogram(agent.admin));
     let cpu = after.cpu_seconds - before.cpu_seconds;
+    let sys = after.sys_seconds - before.sys_seconds;
     println!(
-        "idle {:.1}s: {checks} probes, {:.3} per target per interval; agent CPU {:.2}s = {:.1} µs per probe ({:.0}% of one core)",
+        "idle {:.1}s: {checks} probes, {:.3} per target per interval; agent CPU {:.2}s = {:.1} µs per probe ({:.1} user + {:.1} sys; {:.0}% of one core)",
         window.as_secs_f64(),
         checks as f64 / expected(window),
         cpu,
         cpu * 1e6 / checks.max(1) as f64,
+        (cpu - sys) * 1e6 / checks.max(1) as f64,
+        sys * 1e6 / checks.max(1) as f64,
         cpu * 100.0 / window.as_secs_f64()
     );
     println!(
@@ -372,6 +375,9 @@ struct Agent {
 /// What /proc says about a process.
 struct Stats {
     cpu_seconds: f64,
+    /// The kernel's part of `cpu_seconds` (syscalls, and on loopback the peer's receive
+    /// path run inside our sends).
+    sys_seconds: f64,
     rss_kib: u64,
     fds: usize,
 }
@@ -463,8 +469,8 @@ impl Agent {
             .collect();
         // SAFETY: sysconf only reads a system constant.
         let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        let cpu_seconds =
-            (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / ticks;
+        let sys_seconds = fields[12].parse::<f64>().unwrap() / ticks;
+        let cpu_seconds = fields[11].parse::<f64>().unwrap() / ticks + sys_seconds;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         let rss_kib = status
             .lines()
@@ -477,6 +483,7 @@ impl Agent {
             .unwrap_or(0);
         Stats {
             cpu_seconds,
+            sys_seconds,
             rss_kib,
             fds,
         }

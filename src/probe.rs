@@ -2,8 +2,10 @@
 //! implementation. This is the only module that speaks gRPC.
 
 mod connect;
+mod frames;
 mod grpc;
-mod h2;
+mod hpack;
+mod http2;
 mod insecure;
 
 use std::future::Future;

@@ -8,13 +8,13 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderName, HeaderValue};
 use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::ServerName;
-use tonic::Code;
 
 use super::connect::ConnectTo;
-use super::h2::{Connection, Prepared, Tls};
+use super::frames::Prepared;
+use super::http2::{Connection, Tls};
 use super::insecure;
 use super::{BoxFuture, Outcome, Probe, ProbeError, TargetProber};
 use crate::protocol::Target;
@@ -119,9 +119,10 @@ pub struct GrpcProbe {
     /// Read on every connect and check, so a reload applies at once.
     timeouts: Arc<ArcSwap<Timeouts>>,
     builder: ChannelBuilder,
-    /// The extra metadata headers and the user agent, sent with every Check.
-    metadata: HeaderMap,
-    user_agent: HeaderValue,
+    /// The extra metadata headers (names lowercased) and the user agent, sent with every
+    /// Check.
+    metadata: Vec<(String, String)>,
+    user_agent: String,
     channels: Mutex<ChannelPool>,
 }
 
@@ -145,15 +146,19 @@ impl GrpcProbe {
     /// without system roots still verifies against the CA file, if one is given.
     pub fn new(config: ProbeConfig) -> Result<GrpcProbe, ProbeSetupError> {
         let tls = client_tls(&config.tls)?;
-        let user_agent = HeaderValue::from_str(&config.user_agent)
+        HeaderValue::from_str(&config.user_agent)
             .map_err(|_| ProbeSetupError::UserAgent(config.user_agent.clone()))?;
-        let mut metadata = HeaderMap::new();
+        let user_agent = config.user_agent.clone();
+        let mut metadata: Vec<(String, String)> = Vec::new();
         for (name, value) in &config.metadata {
             let key = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| ProbeSetupError::Metadata(name.clone()))?;
-            let value = HeaderValue::from_str(value)
-                .map_err(|_| ProbeSetupError::Metadata(name.clone()))?;
-            metadata.insert(key, value);
+            if key.as_str().starts_with(':') || HeaderValue::from_str(value).is_err() {
+                return Err(ProbeSetupError::Metadata(name.clone()));
+            }
+            // One value per name, the last given.
+            metadata.retain(|(existing, _)| existing != key.as_str());
+            metadata.push((key.as_str().to_string(), value.clone()));
         }
         let timeouts = Timeouts {
             connect: config.connect_timeout,
@@ -397,27 +402,4 @@ pub(super) fn error_chain(error: &dyn std::error::Error) -> String {
         source = inner.source();
     }
     text
-}
-
-/// The canonical upper-case gRPC name of a status code.
-pub(super) fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
 }
