@@ -379,10 +379,12 @@ async fn read_loop(mut io: Reader, live: Arc<Live>) {
     };
     let mut input = BytesMut::with_capacity(READ_BUFFER);
     let mut out = BytesMut::new();
+    let stopped = live.stop.cancelled();
+    tokio::pin!(stopped);
     let end = loop {
         let read = tokio::select! {
             biased;
-            _ = live.stop.cancelled() => break transport("connection closed"),
+            _ = &mut stopped => break transport("connection closed"),
             read = io.read_buf(&mut input) => read,
         };
         match read {
