@@ -187,7 +187,7 @@ async fn start_servers(
         "0",
     ];
     let settings = Settings::from_args(args).expect("valid settings");
-    let responder_config = settings.responder;
+    let responder_config = settings.responder.clone();
     let app = App::bind(settings, shutdown.clone(), prometheus::Registry::new())
         .await
         .expect("agent starts");

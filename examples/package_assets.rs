@@ -424,9 +424,14 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("log_destination", r#""console""#),
     ("log_file", r#""/var/log/haproxy-grpc-agent/agent.log""#),
     ("log_max_files", "7"),
+    (
+        "allow_backends",
+        r#"["10.0.0.0/8:50051", "*.svc.internal:50000-50100"]"#,
+    ),
+    ("allow_sources", r#"["10.1.0.0/24", "127.0.0.1"]"#),
 ];
 
-/// The entries shown in the tables of list and map settings.
+/// The entries shown in the tables of map settings.
 const TABLE_EXAMPLES: &[(&str, &[&str])] = &[
     (
         "grpc_metadata",
@@ -441,7 +446,7 @@ fn holds_credentials(spec: &Spec) -> bool {
 }
 
 /// The commented default configuration: every flat setting, grouped as `--help` groups
-/// them, then the tables of the list and map settings (TOML tables come after flat keys).
+/// them, then the tables of the map settings (TOML tables come after flat keys).
 pub fn render_config() -> String {
     let mut out = String::from(CONFIG_HEADER);
     let headings = help_headings();
@@ -458,10 +463,10 @@ pub fn render_config() -> String {
     }
     out.push_str(&banner("Tables"));
     out.push_str(&comment(
-        "Lists and maps are TOML tables, which must come after every key above: uncomment \
-         the table header together with its entries.",
+        "Maps are TOML tables, which must come after every key above: uncomment the table \
+         header together with its entries.",
     ));
-    for spec in SETTINGS.iter().filter(|spec| spec.multi) {
+    for spec in SETTINGS.iter().filter(|spec| spec.is_map()) {
         out.push('\n');
         out.push_str(&table_block(spec));
     }
@@ -498,7 +503,7 @@ fn setting_block(spec: &Spec) -> String {
             .map(|alias| format!("Also read as {alias}.")),
     );
     let mut out = comment(&meaning);
-    if spec.multi {
+    if spec.is_map() {
         about.push(format!(
             "Set it in the [{}] table at the end of this file.",
             spec.key
@@ -622,6 +627,7 @@ fn unit_text(spec: &Spec) -> String {
             let choices: Vec<String> = choices.split('|').map(|c| format!("\"{c}\"")).collect();
             format!("One of: {}.", choices.join(", "))
         }
+        list if spec.multi && !spec.is_map() => format!("A list of: {list}."),
         pair if spec.multi => match pair.split_once('=') {
             Some((name, value)) => format!("Entries: {name} = \"{value}\"."),
             None => format!("Entries: {pair}."),

@@ -161,8 +161,17 @@ pub fn describe(loaded: &Loaded) -> String {
     out
 }
 
-/// A setting's text as TOML: numbers and booleans bare, lists and maps as inline tables.
+/// A setting's text as TOML: numbers and booleans bare, lists as arrays, maps as inline
+/// tables.
 fn toml_value(spec: &Spec, text: &str) -> String {
+    if spec.multi && !spec.is_map() {
+        let items: Vec<String> = text
+            .split(',')
+            .filter(|item| !item.is_empty())
+            .map(|item| toml::Value::from(item).to_string())
+            .collect();
+        return format!("[{}]", items.join(", "));
+    }
     if spec.multi {
         let pairs: Vec<String> = text
             .split(',')

@@ -8,6 +8,7 @@
 //! serves [`metrics`]; [`events`] carries state changes to it. See ARCHITECTURE.md.
 
 pub mod admin;
+pub mod allowlist;
 pub mod commands;
 pub mod config;
 pub mod connection;
@@ -123,7 +124,7 @@ impl Reloader {
     /// Swaps in the reloadable part of `settings`: responder bounds, oracle timings and
     /// thresholds, probe timeouts. Settings that need a restart are left as they were.
     pub fn apply(&self, settings: &Settings) {
-        let mut responder = settings.responder;
+        let mut responder = settings.responder.clone();
         responder.max_connections = self.responder.load().max_connections;
         self.responder.store(Arc::new(responder));
         self.oracle.reconfigure(settings.oracle);
@@ -156,6 +157,12 @@ impl App {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartError::Bind { addr, source })?;
+        if !addr.ip().is_loopback() && settings.probe.allowlist.is_empty() {
+            tracing::warn!(
+                agent = %addr,
+                "the agent port is reachable beyond this host and allow_backends is empty: whoever can connect can make the agent open connections to any host and port; set allow_backends (and allow_sources)"
+            );
+        }
         let addr = settings.metrics_addr;
         let admin_listener = TcpListener::bind(addr)
             .await
@@ -172,7 +179,7 @@ impl App {
                 .map_err(|source| StartError::BindAdmin { addr, source })?,
         };
         let reloader = Reloader {
-            responder: Arc::new(ArcSwap::from_pointee(settings.responder)),
+            responder: Arc::new(ArcSwap::from_pointee(settings.responder.clone())),
             oracle: oracle.clone(),
             probe,
             metrics,

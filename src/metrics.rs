@@ -22,6 +22,8 @@ pub struct Metrics {
     errors_by_type: std::sync::Arc<std::collections::HashMap<&'static str, IntCounter>>,
     pub check_duration: Histogram,
     pub connections_active: IntGauge,
+    /// `haproxy_connections_refused_total` by reason (`limit`, `source`).
+    refused: IntCounterVec,
     pub channels_active: IntGauge,
     pub cache_hits: IntCounter,
     pub cache_misses: IntCounter,
@@ -114,6 +116,13 @@ impl Metrics {
                 "haproxy_connections_active",
                 "Agent connections open now",
             ))?,
+            refused: IntCounterVec::new(
+                opts(
+                    "haproxy_connections_refused_total",
+                    "Agent connections closed at once without a reply, by reason",
+                ),
+                &["reason"],
+            )?,
             channels_active: IntGauge::with_opts(opts(
                 "grpc_channels_active",
                 "gRPC channels (backend connections) open now",
@@ -181,6 +190,9 @@ impl Metrics {
         for result in ["applied", "refused"] {
             metrics.reloads.with_label_values(&[result]);
         }
+        for reason in ["limit", "source"] {
+            metrics.refused.with_label_values(&[reason]);
+        }
         Ok(metrics)
     }
 
@@ -190,6 +202,7 @@ impl Metrics {
             Box::new(self.errors.clone()),
             Box::new(self.check_duration.clone()),
             Box::new(self.connections_active.clone()),
+            Box::new(self.refused.clone()),
             Box::new(self.channels_active.clone()),
             Box::new(self.cache_hits.clone()),
             Box::new(self.cache_misses.clone()),
@@ -227,6 +240,12 @@ impl Metrics {
             Some(counter) => counter.inc(),
             None => self.errors.with_label_values(&[error_type]).inc(),
         }
+    }
+
+    /// Counts an agent connection closed at once: over the limit, or from outside
+    /// `allow_sources`.
+    pub fn refused(&self, reason: &'static str) {
+        self.refused.with_label_values(&[reason]).inc();
     }
 
     pub fn evicted(&self, cause: &'static str) {
@@ -270,6 +289,7 @@ pub const ERROR_TYPES: &[&str] = &[
     "grpc_status",
     "transport",
     "invalid_target",
+    "denied",
 ];
 
 /// A low-cardinality name for a check's outcome: the `result` of `probes_total` and the
@@ -293,6 +313,7 @@ pub fn outcome_kind(outcome: &Outcome) -> &'static str {
             ProbeError::Status { .. } => "grpc_status",
             ProbeError::Transport(_) => "transport",
             ProbeError::InvalidTarget(_) => "invalid_target",
+            ProbeError::Denied(_) => "denied",
         },
     }
 }

@@ -122,6 +122,10 @@ impl Oracle {
     /// a miss.
     pub async fn ask(&self, target: Target) -> Reply {
         let asked_at = Instant::now();
+        if let Err(denied) = self.inner.probe.admits(&target) {
+            self.inner.metrics.error("denied");
+            return Reply::down(denied.to_string());
+        }
         let entry = match self.lookup_or_register(target) {
             Ok(entry) => entry,
             Err(reply) => {

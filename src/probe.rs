@@ -31,6 +31,12 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait Probe: Send + Sync + 'static {
     fn prober(&self, target: &Target) -> Arc<dyn TargetProber>;
 
+    /// Whether the target may be probed at all (`allow_backends`, before any name is
+    /// resolved). The oracle asks before registering a target.
+    fn admits(&self, _target: &Target) -> Result<(), ProbeError> {
+        Ok(())
+    }
+
     /// Applies reloadable settings (the timeouts) to every prober, current and future.
     fn reconfigure(&self, _config: &ProbeConfig) {}
 }
@@ -125,4 +131,8 @@ pub enum ProbeError {
     Deadline(Duration),
     #[error("invalid target: {0}")]
     InvalidTarget(String),
+    /// `allow_backends` does not allow the target (or any address its name resolves to);
+    /// nothing was sent to it.
+    #[error("denied by allowlist{}", if .0.is_empty() { String::new() } else { format!(": {}", .0) })]
+    Denied(String),
 }

@@ -11,6 +11,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::allowlist::Sources;
 use crate::connection::{Connection, Frame};
 use crate::metrics::Metrics;
 use crate::protocol::{self, Reply, Target};
@@ -34,7 +35,7 @@ impl Answer for ConstantUp {
 }
 
 /// The bounds of the agent port.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ResponderConfig {
     /// Connections served at once; more are closed as soon as they are accepted.
     pub max_connections: usize,
@@ -44,6 +45,8 @@ pub struct ResponderConfig {
     pub read_deadline: Duration,
     /// After shutdown, how long in-flight replies may take before they are abandoned.
     pub drain_timeout: Duration,
+    /// Who may connect (`allow_sources`); others are closed before anything is read.
+    pub sources: Arc<Sources>,
 }
 
 /// How long a connection closed after a final reply keeps draining input so the reply
@@ -92,9 +95,16 @@ pub async fn serve<A: Answer>(
                 continue;
             }
         };
+        if !config.load().sources.allows(peer.ip()) {
+            tracing::debug!(%peer, "connection from outside allow_sources; closed");
+            metrics.refused("source");
+            drop(stream);
+            continue;
+        }
         // Closing at once, without a reply, leaves HAProxy's last known state in place;
         // a `down` here would take healthy servers out because the agent is busy.
         let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            metrics.refused("limit");
             if !refusing {
                 tracing::warn!(
                     max_connections,
@@ -176,11 +186,11 @@ async fn handle<A: Answer>(
     let _ = stream.set_nodelay(true);
     let mut connection = Connection::new(stream, live.load().max_line);
     loop {
-        let config = **live.load();
+        let read_deadline = live.load().read_deadline;
         let read = tokio::select! {
             biased;
             _ = shutdown.triggered() => return,
-            read = tokio::time::timeout(config.read_deadline, connection.read_line()) => read,
+            read = tokio::time::timeout(read_deadline, connection.read_line()) => read,
         };
         let frame = match read {
             Ok(Ok(frame)) => frame,
@@ -191,11 +201,11 @@ async fn handle<A: Answer>(
                     open.metrics.request_refused("read_timeout");
                     let reason = format!(
                         "bad request: no end of line within {}ms",
-                        config.read_deadline.as_millis()
+                        read_deadline.as_millis()
                     );
                     let reply = Reply::down(reason);
                     let write = connection.write_reply(&reply);
-                    if let Ok(Ok(())) = tokio::time::timeout(config.read_deadline, write).await {
+                    if let Ok(Ok(())) = tokio::time::timeout(read_deadline, write).await {
                         connection.close_after_reply(LINGER).await;
                     }
                 }
@@ -227,8 +237,7 @@ async fn handle<A: Answer>(
             .check_duration
             .observe(started.elapsed().as_secs_f64());
         tracing::debug!(reply = %reply.to_line().trim_end(), "answered");
-        let written =
-            tokio::time::timeout(config.read_deadline, connection.write_reply(&reply)).await;
+        let written = tokio::time::timeout(read_deadline, connection.write_reply(&reply)).await;
         match written {
             Ok(Ok(())) if close_after => return connection.close_after_reply(LINGER).await,
             Ok(Ok(())) => {}

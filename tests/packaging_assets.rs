@@ -69,7 +69,7 @@ fn uncommented_packaged_config_is_valid_and_keeps_the_defaults() {
 
     let expected: BTreeSet<&str> = SETTINGS
         .iter()
-        .filter(|spec| !spec.multi && spec.unit != "path" && !spec::is_secret(spec.key))
+        .filter(|spec| !spec.is_map() && spec.unit != "path" && !spec::is_secret(spec.key))
         .map(|spec| spec.key)
         .collect();
     let found: BTreeSet<&str> = flat.keys().map(String::as_str).collect();
@@ -79,13 +79,13 @@ fn uncommented_packaged_config_is_valid_and_keeps_the_defaults() {
     );
     let multi: BTreeSet<&str> = SETTINGS
         .iter()
-        .filter(|spec| spec.multi)
+        .filter(|spec| spec.is_map())
         .map(|spec| spec.key)
         .collect();
     assert_eq!(
         tables.iter().map(String::as_str).collect::<BTreeSet<_>>(),
         multi,
-        "{PACKAGED_CONFIG} should show a commented table per list or map setting"
+        "{PACKAGED_CONFIG} should show a commented table per map setting"
     );
 
     let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("packaging-config-uncommented.toml");
@@ -277,7 +277,7 @@ fn uncomment(config: &str) -> (String, BTreeMap<String, String>, BTreeSet<String
             .strip_prefix('[')
             .and_then(|rest| rest.strip_suffix(']'))
             .and_then(spec::find)
-            .filter(|spec| spec.multi);
+            .filter(|spec| spec.is_map());
         let setting = code
             .split_once(" = ")
             .and_then(|(key, _)| spec::find(key).filter(|spec| spec.key == key));
@@ -303,7 +303,7 @@ fn uncomment(config: &str) -> (String, BTreeMap<String, String>, BTreeSet<String
 
 /// Whether the value the file shows for `spec` must load as it is.
 fn shown_as_valid(spec: &Spec) -> bool {
-    !spec.multi && spec.unit != "path" && !spec::is_secret(spec.key)
+    !spec.is_map() && spec.unit != "path" && !spec::is_secret(spec.key)
 }
 
 /// Words like `\-\-check\-interval` in roff, unescaped.

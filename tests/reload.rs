@@ -114,3 +114,39 @@ async fn requests_during_reloads_all_get_correct_answers() {
         "clients kept asking through the reloads ({total} answers)"
     );
 }
+
+#[tokio::test]
+async fn a_reloaded_allowlist_stops_probes_of_targets_it_now_denies() {
+    let denied = HealthBackend::start().await;
+    let kept = HealthBackend::start().await;
+    let mut agent = FileAgent::start("check_interval = \"50ms\"\n").await;
+    let (denied_line, kept_line) = (line_for(denied.port(), ""), line_for(kept.port(), ""));
+    assert!(ask(agent.agent.addr, &denied_line).await.starts_with("up"));
+    assert!(ask(agent.agent.addr, &kept_line).await.starts_with("up"));
+    let report = agent
+        .reload(&format!(
+            "check_interval = \"50ms\"\nallow_backends = [\"127.0.0.1:{}\"]\n",
+            kept.port()
+        ))
+        .unwrap();
+    assert_eq!(report.applied, ["allow_backends"]);
+    assert_eq!(
+        ask(agent.agent.addr, &denied_line).await,
+        "down #denied by allowlist\n"
+    );
+    // A probe already under way may still land; after that, none.
+    let settled = denied.checks("") + 1;
+    let kept_start = kept.checks("");
+    eventually(
+        Duration::from_secs(10),
+        "the kept target is probed on",
+        || async { kept.checks("") >= kept_start + 10 },
+    )
+    .await;
+    assert!(
+        denied.checks("") <= settled,
+        "{} probes of a denied target after the reload",
+        denied.checks("") - settled + 1
+    );
+    assert!(ask(agent.agent.addr, &kept_line).await.starts_with("up"));
+}

@@ -9,12 +9,14 @@ pub mod spec;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use cli::{Action, Invocation};
 pub use layers::{Layers, Resolved, Source, Value};
 
 use crate::admin::AdminConfig;
+use crate::allowlist::{Allowlist, Sources};
 use crate::oracle::OracleConfig;
 use crate::poller::{PollerConfig, ReplyPolicy};
 use crate::probe::{ProbeConfig, TlsSettings};
@@ -308,6 +310,12 @@ impl Checker<'_> {
         let max_connections = self.get("max_connections", |t| parse_count(t, 1, usize::MAX));
         let max_line = self.get("max_line", |t| parse_count(t, 16, 65536));
         let read_deadline = self.get("read_deadline", parse_positive_duration);
+        let sources = self
+            .get("allow_sources", |t| Sources::parse(t.split(',')))
+            .unwrap_or_default();
+        let allowlist = self
+            .get("allow_backends", |t| Allowlist::parse(t.split(',')))
+            .unwrap_or_default();
         let connect_timeout = self.get("grpc_connect_timeout", parse_positive_duration);
         let rpc_timeout = self.get("grpc_rpc_timeout", parse_positive_duration);
         let metadata = self
@@ -452,6 +460,7 @@ impl Checker<'_> {
                 max_line: max_line?,
                 read_deadline: read_deadline?,
                 drain_timeout: miss_timeout? + Duration::from_secs(1),
+                sources: Arc::new(sources),
             },
             probe: ProbeConfig {
                 connect_timeout: connect_timeout?,
@@ -459,6 +468,7 @@ impl Checker<'_> {
                 user_agent: user_agent
                     .unwrap_or_else(|| format!("haproxy-grpc-agent/{}", env!("CARGO_PKG_VERSION"))),
                 metadata,
+                allowlist: Arc::new(allowlist),
                 channel_cache: channel_cache?,
                 tls: TlsSettings {
                     ca_file,

@@ -28,6 +28,11 @@ pub struct Spec {
 }
 
 impl Spec {
+    /// A map (`name=value` entries: a TOML table) rather than a list (a TOML array).
+    pub fn is_map(&self) -> bool {
+        self.multi && self.unit.contains('=')
+    }
+
     pub fn flag(&self) -> String {
         format!("--{}", self.key.replace('_', "-"))
     }
@@ -131,6 +136,16 @@ pub const SETTINGS: &[Spec] = &[
         "bytes",
         Live,
         "longest request line; longer ones get `down #request line too long`",
+    ),
+    aliased(
+        multi(spec(
+            "allow_sources",
+            None,
+            "CIDR",
+            Live,
+            "addresses that may connect to the agent port (HAProxy hosts); others are closed at once; unset allows any; repeatable (file: a list)",
+        )),
+        &["allow_source"],
     ),
     spec(
         "read_deadline",
@@ -268,6 +283,16 @@ pub const SETTINGS: &[Spec] = &[
         "duration",
         Live,
         "answer `down #stale` when no probe completed for this long [default: 3 intervals plus both gRPC timeouts]",
+    ),
+    aliased(
+        multi(spec(
+            "allow_backends",
+            None,
+            "CIDR or glob[:port[-port]]",
+            Live,
+            "backends the agent may probe: a CIDR or hostname glob, optionally with :port or :low-high; names are checked again after resolution; unset allows any; repeatable (file: a list)",
+        )),
+        &["allow_backend"],
     ),
     spec(
         "max_probes_in_flight",

@@ -277,6 +277,59 @@ fn maps_from_every_layer() {
     );
 }
 
+#[test]
+fn allowlists_from_every_layer() {
+    use crate::allowlist::{Admission, Allowlist};
+    let admits = |settings: &Settings, host: &str, port: u16| {
+        settings.probe.allowlist.admit(host, port) == Admission::Allowed
+    };
+    let file = "allow_backends = [\"10.0.0.0/8:50051\", \"192.0.2.0/24\"]\nallow_sources = [\"10.1.0.0/16\"]\n";
+    let settings = load_with(&[], Some(file), &[]).unwrap().settings;
+    assert!(admits(&settings, "10.2.3.4", 50051));
+    assert!(!admits(&settings, "10.2.3.4", 50052));
+    assert!(admits(&settings, "192.0.2.9", 1));
+    assert!(
+        settings
+            .responder
+            .sources
+            .allows("10.1.2.3".parse().unwrap())
+    );
+    assert!(
+        !settings
+            .responder
+            .sources
+            .allows("10.2.0.1".parse().unwrap())
+    );
+    // Singular aliases in every layer; the environment is comma-separated.
+    let env = [("HAPROXY_AGENT_ALLOW_BACKEND", "10.0.0.0/8,192.0.2.0/24:443")];
+    let settings = load_with(&[], None, &env).unwrap().settings;
+    assert_eq!(settings.probe.allowlist.rules().len(), 2);
+    let settings = load_with(
+        &[
+            "--allow-backend",
+            "127.0.0.1:1-9",
+            "--allow-source",
+            "127.0.0.1",
+        ],
+        None,
+        &env,
+    )
+    .unwrap()
+    .settings;
+    assert!(admits(&settings, "127.0.0.1", 9));
+    assert!(
+        !admits(&settings, "10.0.0.1", 9),
+        "the flag replaces the environment"
+    );
+    assert_eq!(
+        *settings.probe.allowlist,
+        Allowlist::parse(["127.0.0.1:1-9"]).unwrap()
+    );
+    // Unset: everything is allowed.
+    let settings = load_with(&[], None, &[]).unwrap().settings;
+    assert!(settings.probe.allowlist.is_empty() && settings.responder.sources.is_empty());
+}
+
 /// One validation case: flags, a config file body, environment variables, and a fragment
 /// the single error line must contain.
 type Case<'a> = (
@@ -290,6 +343,18 @@ type Case<'a> = (
 #[test]
 fn every_validation_rule_names_setting_layer_value_and_fix() {
     let table: &[Case] = &[
+        (
+            &["--allow-backend", "10.0.0.0/40"],
+            None,
+            &[],
+            r#"allow_backends = "10.0.0.0/40" (from flag --allow-backends): "10.0.0.0/40": the prefix length must be 0 to 32"#,
+        ),
+        (
+            &[],
+            None,
+            &[("HAPROXY_AGENT_ALLOW_SOURCES", "10.0.0.0/8,*.internal")],
+            r#"allow_sources = "10.0.0.0/8,*.internal" (from environment HAPROXY_AGENT_ALLOW_SOURCES): "*.internal" is not an IP address or CIDR"#,
+        ),
         (
             &["--server-port", "70000"],
             None,

@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::grpc::Timeouts;
+use crate::allowlist::Allowlist;
 
 /// Why a connection to a backend could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +24,9 @@ pub enum ConnectFailure {
     Timeout,
     #[error("connect: {0}")]
     Other(io::Error),
+    /// Every address the name resolved to is outside `allow_backends`.
+    #[error("{0}")]
+    Denied(String),
 }
 
 /// Where to connect: the request line's host and port, whatever the authority says.
@@ -31,6 +35,7 @@ pub struct ConnectTo {
     pub host: String,
     pub port: u16,
     pub timeouts: Arc<ArcSwap<Timeouts>>,
+    pub allowlist: Arc<ArcSwap<Allowlist>>,
 }
 
 impl ConnectTo {
@@ -41,8 +46,25 @@ impl ConnectTo {
         let addrs = tokio::time::timeout_at(deadline, self.resolve())
             .await
             .map_err(|_| ConnectFailure::Timeout)??;
+        // A name may resolve outside the allowlist: only its allowed addresses are tried.
+        let allowlist = self.allowlist.load();
+        let (allowed, denied): (Vec<SocketAddr>, Vec<SocketAddr>) = addrs
+            .into_iter()
+            .partition(|addr| allowlist.allows_address(*addr));
+        if allowed.is_empty() && !denied.is_empty() {
+            let shown: Vec<String> = denied
+                .iter()
+                .take(3)
+                .map(|addr| addr.ip().to_string())
+                .collect();
+            return Err(ConnectFailure::Denied(format!(
+                "{} resolves to {}",
+                self.host,
+                shown.join(", ")
+            )));
+        }
         let mut last = ConnectFailure::Dns("no addresses".to_string());
-        for addr in addrs {
+        for addr in allowed {
             match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
                 Err(_) => return Err(ConnectFailure::Timeout),
                 Ok(Ok(stream)) => {

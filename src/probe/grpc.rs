@@ -17,6 +17,7 @@ use super::frames::Prepared;
 use super::http2::{Connection, Tls};
 use super::insecure;
 use super::{BoxFuture, Outcome, Probe, ProbeError, TargetProber};
+use crate::allowlist::{Admission, Allowlist};
 use crate::protocol::Target;
 
 /// How checks reach backends.
@@ -29,6 +30,9 @@ pub struct ProbeConfig {
     pub user_agent: String,
     /// Extra metadata headers sent with every Check.
     pub metadata: Vec<(String, String)>,
+    /// Which backends may be probed; checked before registering, before every probe and
+    /// on every resolved address.
+    pub allowlist: Arc<Allowlist>,
     /// Keep one connection per endpoint between checks (false: a fresh one per check).
     pub channel_cache: bool,
     pub tls: TlsSettings,
@@ -118,6 +122,8 @@ pub struct GrpcProbe {
     config: ProbeConfig,
     /// Read on every connect and check, so a reload applies at once.
     timeouts: Arc<ArcSwap<Timeouts>>,
+    /// `allow_backends`, swapped on reload; read before every probe and every connect.
+    allowlist: Arc<ArcSwap<Allowlist>>,
     builder: ChannelBuilder,
     /// The extra metadata headers (names lowercased) and the user agent, sent with every
     /// Check.
@@ -133,6 +139,7 @@ struct ChannelBuilder {
     gauge: prometheus::IntGauge,
     tls: Arc<rustls::ClientConfig>,
     timeouts: Arc<ArcSwap<Timeouts>>,
+    allowlist: Arc<ArcSwap<Allowlist>>,
 }
 
 /// Weak handles, so a channel lives exactly as long as some target's prober holds it.
@@ -165,7 +172,9 @@ impl GrpcProbe {
             rpc: config.rpc_timeout,
         };
         let timeouts = Arc::new(ArcSwap::from_pointee(timeouts));
+        let allowlist = Arc::new(ArcSwap::new(Arc::clone(&config.allowlist)));
         let builder = ChannelBuilder {
+            allowlist: Arc::clone(&allowlist),
             gauge: prometheus::IntGauge::new("grpc_channels_active", "channels")
                 .expect("a valid metric name"),
             tls,
@@ -174,6 +183,7 @@ impl GrpcProbe {
         Ok(GrpcProbe {
             config,
             timeouts,
+            allowlist,
             builder,
             metadata,
             user_agent,
@@ -234,6 +244,7 @@ impl ChannelBuilder {
             host: key.host.clone(),
             port: key.port,
             timeouts: Arc::clone(&self.timeouts),
+            allowlist: Arc::clone(&self.allowlist),
         };
         self.gauge.inc();
         Ok(CountedChannel {
@@ -323,6 +334,14 @@ impl Probe for GrpcProbe {
             connect: config.connect_timeout,
             rpc: config.rpc_timeout,
         }));
+        self.allowlist.store(Arc::clone(&config.allowlist));
+    }
+
+    fn admits(&self, target: &Target) -> Result<(), ProbeError> {
+        match self.allowlist.load().admit(&target.host, target.port) {
+            Admission::Denied => Err(ProbeError::Denied(String::new())),
+            Admission::Allowed | Admission::CheckAddresses => Ok(()),
+        }
     }
 
     fn prober(&self, target: &Target) -> Arc<dyn TargetProber> {
@@ -341,7 +360,13 @@ impl Probe for GrpcProbe {
             &self.user_agent,
             &self.metadata,
         );
-        Arc::new(GrpcTarget { channels, prepared })
+        Arc::new(GrpcTarget {
+            channels,
+            prepared,
+            host: target.host.clone(),
+            port: target.port,
+            allowlist: Arc::clone(&self.allowlist),
+        })
     }
 }
 
@@ -349,6 +374,10 @@ struct GrpcTarget {
     channels: Channels,
     /// The request, built once for every check of this target.
     prepared: Result<Prepared, ProbeError>,
+    host: String,
+    port: u16,
+    /// Checked before every probe, so a reload that denies the target stops its probes.
+    allowlist: Arc<ArcSwap<Allowlist>>,
 }
 
 /// Where a target's checks get their channel.
@@ -372,6 +401,9 @@ pub struct Timeouts {
 impl TargetProber for GrpcTarget {
     fn check(&self) -> BoxFuture<'_, Outcome> {
         Box::pin(async move {
+            if self.allowlist.load().admit(&self.host, self.port) == Admission::Denied {
+                return Outcome::Failed(ProbeError::Denied(String::new()));
+            }
             // A fresh channel lives (and counts) until this check ends.
             let fresh;
             let channel = match &self.channels {

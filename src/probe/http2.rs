@@ -108,6 +108,7 @@ impl Connection {
                 ConnectFailure::Refused => ProbeError::ConnectionRefused,
                 ConnectFailure::Timeout => ProbeError::ConnectTimeout(timeouts.connect),
                 ConnectFailure::Other(error) => ProbeError::Connect(error.to_string()),
+                ConnectFailure::Denied(detail) => ProbeError::Denied(detail),
             })?;
         let (reader, mut writer): (Reader, Writer) = match &self.tls {
             None => {

@@ -25,10 +25,24 @@ impl Daemon {
     /// Starts the binary with `args` (plus a loopback agent port picked by the system)
     /// and `env`; the agent environment of the test process is not passed on.
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let mut all = vec![
+            "--server-bind",
+            "127.0.0.1",
+            "--server-port",
+            "0",
+            "--metrics-bind",
+            "127.0.0.1",
+            "--metrics-port",
+            "0",
+        ];
+        all.extend_from_slice(args);
+        Daemon::spawn_exact(&all, env)
+    }
+
+    /// Starts the binary with exactly `args`: the caller picks every address.
+    pub fn spawn_exact(args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let mut command = Command::new(BINARY);
         command
-            .args(["--server-bind", "127.0.0.1", "--server-port", "0"])
-            .args(["--metrics-bind", "127.0.0.1", "--metrics-port", "0"])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -13,6 +13,9 @@ pub fn known_flags() -> BTreeSet<String> {
             if let Some(long) = arg.get_long() {
                 flags.insert(format!("--{long}"));
             }
+            for alias in arg.get_all_aliases().unwrap_or_default() {
+                flags.insert(format!("--{alias}"));
+            }
         }
     }
     flags
