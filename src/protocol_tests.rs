@@ -244,3 +244,131 @@ fn reply_lines() {
     let long = Reply::down("x".repeat(500)).to_line();
     assert_eq!(long.len(), "down #".len() + MAX_REASON_LEN + 1);
 }
+
+/// Properties over generated input: no byte string panics the parser, whatever it accepts
+/// formats back to a line that parses to the same target, and every reply is one line.
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Words a request line is made of, valid and not, so generated lines reach every
+    /// branch of the parser rather than failing at the first word.
+    fn word() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("10.0.0.7".to_string()),
+            Just("[::1]".to_string()),
+            Just("::1".to_string()),
+            Just("[fe80::1%eth0]".to_string()),
+            Just("api.internal".to_string()),
+            Just("API.Internal.".to_string()),
+            Just("-bad-.name".to_string()),
+            Just("50051".to_string()),
+            Just("0".to_string()),
+            Just("65536".to_string()),
+            Just("-1".to_string()),
+            Just("1e3".to_string()),
+            Just("0x50".to_string()),
+            Just("ssl".to_string()),
+            Just("no-ssl".to_string()),
+            Just("SSL".to_string()),
+            Just("api.internal:443".to_string()),
+            Just("[2001:db8::1]:443".to_string()),
+            Just("[2001:db8::1]x".to_string()),
+            Just("grpc.health.v1.Health".to_string()),
+            "[a-z0-9.:\\[\\]-]{0,12}",
+            any::<u16>().prop_map(|port| port.to_string()),
+            proptest::collection::vec(any::<char>(), 0..6).prop_map(String::from_iter),
+        ]
+    }
+
+    fn separator() -> impl Strategy<Value = &'static str> {
+        prop_oneof![
+            Just(" "),
+            Just("  "),
+            Just("\t"),
+            Just(""),
+            Just("\r"),
+            Just("\0")
+        ]
+    }
+
+    fn lines() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..300),
+            proptest::collection::vec((word(), separator()), 0..8).prop_map(|parts| {
+                parts
+                    .into_iter()
+                    .flat_map(|(word, separator)| [word, separator.to_string()])
+                    .collect::<String>()
+                    .into_bytes()
+            }),
+        ]
+    }
+
+    /// Targets as the parser produces them (names lowercase, IPv6 canonical).
+    fn targets() -> impl Strategy<Value = Target> {
+        let label = "[a-z0-9_]([a-z0-9_-]{0,10}[a-z0-9_])?";
+        let name = proptest::collection::vec(label, 1..4).prop_map(|labels| labels.join("."));
+        let host = prop_oneof![
+            any::<u32>().prop_map(|ip| std::net::Ipv4Addr::from(ip).to_string()),
+            any::<u128>().prop_map(|ip| std::net::Ipv6Addr::from(ip).to_string()),
+            name.clone().prop_filter("not all digits and dots", |name| {
+                !name.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+            }),
+        ];
+        let authority = prop_oneof![
+            name.clone().prop_filter("a name, not an address", |name| {
+                !name.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+            }),
+            (name, 1..=u16::MAX).prop_map(|(name, port)| format!("{name}:{port}")),
+            any::<u128>().prop_map(|ip| format!("[{}]:443", std::net::Ipv6Addr::from(ip))),
+        ];
+        let service = "[!-~&&[^#]]{0,40}";
+        (host, 1..=u16::MAX, any::<bool>(), authority, service).prop_map(
+            |(host, port, tls, authority, service)| Target {
+                host,
+                port,
+                tls,
+                authority,
+                service,
+            },
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        #[test]
+        fn any_bytes_parse_or_are_refused_and_accepted_lines_round_trip(line in lines()) {
+            match parse_request(&line) {
+                Ok(target) => {
+                    let again = parse_request(target.to_request_line().as_bytes());
+                    prop_assert_eq!(again, Ok(target));
+                }
+                Err(error) => {
+                    let reply = Reply::bad_request(&error).to_line();
+                    prop_assert!(reply.starts_with("down #bad request: "));
+                }
+            }
+        }
+
+        #[test]
+        fn every_target_formats_to_a_line_that_parses_back(target in targets()) {
+            let line = target.to_request_line();
+            prop_assert_eq!(parse_request(line.as_bytes()), Ok(target.clone()));
+            // The reader may hand the line over with its carriage return.
+            prop_assert_eq!(parse_request(format!("{line}\r").as_bytes()), Ok(target));
+        }
+
+        #[test]
+        fn every_reply_is_one_printable_line(reason in any::<String>(), ready in any::<bool>()) {
+            for verdict in [Verdict::Up, Verdict::Down, Verdict::Drain, Verdict::Maint] {
+                let line = Reply { verdict, ready, reason: reason.clone() }.to_line();
+                prop_assert!(line.ends_with('\n'));
+                prop_assert_eq!(line.matches('\n').count(), 1);
+                prop_assert!(line.bytes().all(|b| b == b'\n' || (0x20..0x7f).contains(&b)));
+                prop_assert!(line.len() <= "maint ready #".len() + MAX_REASON_LEN + 1);
+            }
+        }
+    }
+}
