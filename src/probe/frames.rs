@@ -398,7 +398,14 @@ impl Answer {
             Some(_) => {}
         }
         let code = match grpc {
-            None => return Outcome::Failed(transport("no grpc-status in the answer")),
+            None => {
+                let reason = match (self.blocks, self.message.is_empty()) {
+                    (1, true) => "headers ended the answer without grpc-status",
+                    (1, false) => "no trailers after the message",
+                    _ => "trailers without grpc-status",
+                };
+                return Outcome::Failed(transport(reason));
+            }
             Some(None) => return Outcome::Failed(transport("unparsable grpc-status")),
             Some(Some(code)) => code,
         };

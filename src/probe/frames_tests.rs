@@ -266,7 +266,7 @@ fn every_malformed_answer_has_its_own_reason() {
         ),
         (
             vec![Part::Block(OK_HEADERS, true)],
-            "transport: no grpc-status in the answer",
+            "transport: headers ended the answer without grpc-status",
         ),
         (
             vec![
@@ -274,7 +274,11 @@ fn every_malformed_answer_has_its_own_reason() {
                 Part::Data(message(1)),
                 Part::Block(&[("grpc-message", "x")], true),
             ],
-            "transport: no grpc-status in the answer",
+            "transport: trailers without grpc-status",
+        ),
+        (
+            vec![Part::Block(OK_HEADERS, false), Part::Data(message(1))],
+            "transport: no trailers after the message",
         ),
         (
             vec![

@@ -343,10 +343,11 @@ impl Live {
         }
     }
 
-    /// Ends every waiting call and refuses new ones.
+    /// Ends every waiting call and refuses new ones. A reason already known (a GOAWAY)
+    /// says more than the end of the connection that followed it.
     fn close(&self, error: ProbeError) {
         let mut state = self.state();
-        state.unusable.get_or_insert_with(|| error.clone());
+        let error = state.unusable.get_or_insert(error).clone();
         for (_, pending) in state.streams.drain() {
             let end = if pending.touched {
                 End::Failed(error.clone())
@@ -408,8 +409,12 @@ async fn read_loop(mut io: Reader, live: Arc<Live>) {
                 tokio::time::timeout(CONTROL_WRITE_TIMEOUT, write_flush(&mut output.io, &out))
                     .await;
             out.clear();
-            if !matches!(written, Ok(Ok(()))) && handled.is_ok() {
-                break transport("backend stopped reading");
+            if handled.is_ok() {
+                match written {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => break transport(&format!("write: {error}")),
+                    Err(_) => break transport("backend stopped reading"),
+                }
             }
         }
         if let Err((error, _)) = handled {
