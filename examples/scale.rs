@@ -13,6 +13,8 @@
 //! target/release/examples/scale --backends 1000 --services 10 --interval 1s --window 10s
 //! ```
 
+#[path = "support/agent_process.rs"]
+mod agent_process;
 #[path = "../tests/support/backend.rs"]
 mod backend;
 #[path = "../tests/support/http.rs"]
@@ -20,13 +22,12 @@ mod http;
 #[path = "../tests/support/load.rs"]
 mod load;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use agent_process::AgentProcess;
 use backend::{HealthBackend, Wire};
 use clap::Parser;
 use haproxy_grpc_agent::config::parse_duration;
@@ -92,7 +93,7 @@ fn main() {
         started.elapsed().as_secs_f64()
     );
     let spawned = Instant::now();
-    let mut agent = Agent::spawn(&args, targets);
+    let mut agent = spawn_agent(&args, targets);
     let (first, _) = client
         .block_on(load::request(agent.addr, &lines[0]))
         .expect("the agent answers");
@@ -224,7 +225,7 @@ fn main() {
 /// the miss timeout, each target probed exactly once, and the probes in flight (sampled
 /// from the agent's gauge every millisecond) must stay within the bound.
 async fn cold_start(
-    agent: &Agent,
+    agent: &AgentProcess,
     farm: &[HealthBackend],
     lines: &Arc<Vec<String>>,
     services: usize,
@@ -298,7 +299,7 @@ async fn cold_start(
 /// Flips every target down and then up again, each at a random moment within one
 /// interval, polling the agent every 20 ms; prints the percentiles of flip-to-answer time.
 async fn detection(
-    agent: &Agent,
+    agent: &AgentProcess,
     farm: &Arc<Vec<HealthBackend>>,
     lines: &Arc<Vec<String>>,
     services: usize,
@@ -365,136 +366,40 @@ async fn start_farm(backends: usize, services: usize) -> (Vec<HealthBackend>, Ve
     (farm, lines)
 }
 
-/// The agent binary, running.
-struct Agent {
-    child: Child,
-    addr: SocketAddr,
-    admin: SocketAddr,
-}
-
-/// What /proc says about a process.
-struct Stats {
-    cpu_seconds: f64,
-    /// The kernel's part of `cpu_seconds` (syscalls, and on loopback the peer's receive
-    /// path run inside our sends).
-    sys_seconds: f64,
-    rss_kib: u64,
-    fds: usize,
-}
-
-impl Agent {
-    fn spawn(args: &Args, targets: usize) -> Agent {
-        // A cold start measures first probes only: nothing else may reach the farm.
-        let interval = match args.cold {
-            Some(_) => "60s".to_string(),
-            None => format!("{}ms", args.interval.as_millis()),
-        };
-        let max_targets = (targets + 10).to_string();
-        let mut child = Command::new(&args.agent)
-            .args([
-                "--server-bind",
-                "127.0.0.1",
-                "--server-port",
-                "0",
-                "--metrics-port",
-                "0",
-                "--check-interval",
-                &interval,
-                "--max-targets",
-                &max_targets,
-                "--max-connections",
-                "10000",
-                "--idle-ttl",
-                "1h",
-                "--log-level",
-                "warn",
-                "--log-modules",
-                "haproxy_grpc_agent=info",
-            ])
-            .args(&args.agent_flags)
-            .args(
-                args.cold
-                    .iter()
-                    .flat_map(|bound| ["--max-probes-in-flight".to_string(), bound.to_string()]),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|error| {
-                panic!(
-                    "cannot start {}: {error}; build it first (cargo build --release)",
-                    args.agent.display()
-                )
-            });
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.contains("\"agent listening\"") {
-                    let field = |name: &str| {
-                        line.split(&format!("\"{name}\":\""))
-                            .nth(1)
-                            .and_then(|rest| rest.split('"').next())
-                            .map(|addr| addr.parse::<SocketAddr>().unwrap())
-                    };
-                    let _ = tx.send((field("agent_addr"), field("admin_addr")));
-                }
-                // Everything else (transitions) is read and dropped.
-            }
-        });
-        let (addr, admin) = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the agent logs its addresses");
-        Agent {
-            child,
-            addr: addr.unwrap(),
-            admin: admin.unwrap(),
-        }
+/// Starts the agent binary for this run.
+fn spawn_agent(args: &Args, targets: usize) -> AgentProcess {
+    // A cold start measures first probes only: nothing else may reach the farm.
+    let interval = match args.cold {
+        Some(_) => "60s".to_string(),
+        None => format!("{}ms", args.interval.as_millis()),
+    };
+    let mut flags: Vec<String> = [
+        "--server-bind",
+        "127.0.0.1",
+        "--server-port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--check-interval",
+        &interval,
+        "--max-targets",
+        &(targets + 10).to_string(),
+        "--max-connections",
+        "10000",
+        "--idle-ttl",
+        "1h",
+        "--log-level",
+        "warn",
+        "--log-modules",
+        "haproxy_grpc_agent=info",
+    ]
+    .map(String::from)
+    .to_vec();
+    flags.extend(args.agent_flags.iter().cloned());
+    if let Some(bound) = args.cold {
+        flags.extend(["--max-probes-in-flight".to_string(), bound.to_string()]);
     }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn stats(&self) -> Stats {
-        let pid = self.pid();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        // Fields after the parenthesised command name; utime and stime are 14 and 15.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .unwrap()
-            .1
-            .split_whitespace()
-            .collect();
-        // SAFETY: sysconf only reads a system constant.
-        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        let sys_seconds = fields[12].parse::<f64>().unwrap() / ticks;
-        let cpu_seconds = fields[11].parse::<f64>().unwrap() / ticks + sys_seconds;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        let rss_kib = status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|value| value.split_whitespace().next())
-            .and_then(|kib| kib.parse().ok())
-            .unwrap_or(0);
-        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .map(|dir| dir.count())
-            .unwrap_or(0);
-        Stats {
-            cpu_seconds,
-            sys_seconds,
-            rss_kib,
-            fds,
-        }
-    }
-
-    fn stop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
+    AgentProcess::spawn(&args.agent, &flags)
 }
 
 /// The agent's `poller_lag_seconds` histogram: cumulative counts per upper bound.
