@@ -304,8 +304,27 @@ async fn a_restarted_backend_is_reconnected() {
         Duration::from_secs(5),
     )
     .await;
+    // From the backend's return (its port is bound when `start_on` returns), the next
+    // probe (at most one interval later) finds it: no dead connection is reused, so at
+    // most the one probe already under way when it came back fails.
     let _backend = HealthBackend::start_on(addr, None).await;
+    let failed_before = failed_probes(&agent).await;
     reply_becomes(agent.addr, &line, "up #SERVING", Duration::from_secs(5)).await;
+    let failed_after_back = failed_probes(&agent).await - failed_before;
+    assert!(
+        failed_after_back <= 1,
+        "{failed_after_back} probes failed after the backend was back"
+    );
+}
+
+/// The agent's `probes_total` of every result but `serving`.
+async fn failed_probes(agent: &Agent) -> u64 {
+    let text = support::http::get(agent.admin, "/metrics").await.body;
+    text.lines()
+        .filter(|line| line.starts_with("haproxy_grpc_agent_probes_total{"))
+        .filter(|line| !line.contains("result=\"serving\""))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 #[tokio::test]
