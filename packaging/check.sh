@@ -49,7 +49,10 @@ expect_deb -rw-r--r-- usr/share/zsh/vendor-completions/_haproxy-grpc-agent
 expect_deb -rw-r--r-- usr/share/fish/vendor_completions.d/haproxy-grpc-agent.fish
 expect_deb -rw-r--r-- usr/share/doc/haproxy-grpc-agent/copyright
 expect_deb -rw-r--r-- usr/share/doc/haproxy-grpc-agent/changelog.Debian.gz
-dpkg-deb --field "$deb" Depends | grep -q adduser || fail ".deb does not depend on adduser"
+# (Lists are read whole before grep -q looks at them: with pipefail, a writer cut off by
+# grep's early exit would fail the check at random.)
+depends=$(dpkg-deb --field "$deb" Depends)
+grep -q adduser <<<"$depends" || fail ".deb does not depend on adduser"
 control=$(mktemp -d)
 dpkg-deb --control "$deb" "$control"
 grep -qx /etc/haproxy-grpc-agent/config.toml "$control/conffiles" || fail "config.toml is not a conffile"
@@ -64,11 +67,13 @@ rpm -qip "$rpm"
 rpm -qlvp "$rpm"
 rpm -qp --requires "$rpm"
 rpm -qp --scripts "$rpm"
-rpm -qcp "$rpm" | grep -qx /etc/haproxy-grpc-agent/config.toml || fail "config.toml is not %config in the .rpm"
+rpm_config=$(rpm -qcp "$rpm")
+grep -qx /etc/haproxy-grpc-agent/config.toml <<<"$rpm_config" || fail "config.toml is not %config in the .rpm"
+rpm_files=$(rpm -qlp "$rpm")
 for path in /usr/bin/haproxy-grpc-agent /usr/lib/systemd/system/haproxy-grpc-agent.service \
     /usr/share/man/man1/haproxy-grpc-agent.1.gz /usr/share/bash-completion/completions/haproxy-grpc-agent \
     /usr/share/zsh/site-functions/_haproxy-grpc-agent /usr/share/fish/vendor_completions.d/haproxy-grpc-agent.fish; do
-    rpm -qlp "$rpm" | grep -qx "$path" || fail ".rpm lacks $path"
+    grep -qx "$path" <<<"$rpm_files" || fail ".rpm lacks $path"
 done
 
 echo "== packaged binary, from extracted roots"

@@ -68,7 +68,7 @@ cargo deb --no-build --locked --deb-version "${version%-*}-99" --output "$next/"
 dpkg -i "$next"/*.deb
 rm -rf "$next"
 [ "$(dpkg-query -W -f '${Version}' haproxy-grpc-agent)" = "${version%-*}-99" ] || fail "upgrade did not install"
-tail -n 1 /etc/haproxy-grpc-agent/config.toml | grep -qx '# edited by the operator' \
+[ "$(tail -n 1 /etc/haproxy-grpc-agent/config.toml)" = '# edited by the operator' ] \
     || fail "the upgrade replaced the edited config.toml"
 [ "$(stat -c '%a %G' /etc/haproxy-grpc-agent/config.toml)" = "640 haproxy-grpc-agent" ] \
     || fail "the upgrade changed config.toml's mode or group"
