@@ -494,6 +494,8 @@ pub struct BackendView {
     pub service: String,
     /// `up`, `down`, or `pending` before the first probe result.
     pub status: &'static str,
+    /// `watch` while a Health/Watch stream is open for it, else `poll`.
+    pub mode: &'static str,
     /// The last probe's answer (`SERVING`, `NOT_SERVING`, ...), null if it failed.
     pub serving_status: Option<String>,
     /// What a request for it is answered now.
@@ -527,6 +529,11 @@ pub fn view(oracle: &Oracle, entry: &Entry) -> BackendView {
             None => "pending",
             Some(health) if health.up => "up",
             Some(_) => "down",
+        },
+        mode: if entry.watched.load(Ordering::Relaxed) {
+            "watch"
+        } else {
+            "poll"
         },
         serving_status: health.as_deref().and_then(|health| match &health.last {
             Outcome::Answered(status) => Some(status.to_string()),

@@ -142,6 +142,22 @@ pub fn describe(loaded: &Loaded) -> String {
                     "default: at most grpc_connect_timeout + grpc_rpc_timeout".to_string(),
                 )
             }
+            Some(value) if spec.key == "liveness_interval" && value.source == Source::Default => {
+                // The default grows to the check interval.
+                let millis = loaded.settings.oracle.poller.liveness_interval.as_millis();
+                let effective = if millis.is_multiple_of(1000) {
+                    format!("{}s", millis / 1000)
+                } else {
+                    format!("{millis}ms")
+                };
+                (
+                    format!(
+                        "liveness_interval = {}",
+                        toml::Value::from(effective.as_str())
+                    ),
+                    "default: 10s, or check_interval if longer".to_string(),
+                )
+            }
             // Commented out, so the report still loads (with the secret from elsewhere).
             Some(value) if crate::config::spec::is_secret(spec.key) => (
                 format!("# {} = \"<redacted>\"", spec.key),

@@ -34,6 +34,7 @@ pub struct Metrics {
     transitions: IntCounterVec,
     pub poller_lag: Histogram,
     pub probes_in_flight: IntGauge,
+    pub watch_streams_active: IntGauge,
     pub events_dropped: IntCounter,
     reloads: IntCounterVec,
 }
@@ -171,6 +172,10 @@ impl Metrics {
                 "probes_in_flight",
                 "Health checks running now",
             ))?,
+            watch_streams_active: IntGauge::with_opts(opts(
+                "watch_streams_active",
+                "Health/Watch streams open now (targets watched rather than polled)",
+            ))?,
             events_dropped: IntCounter::with_opts(opts(
                 "events_dropped_total",
                 "State-change events a slow /events subscriber missed",
@@ -213,6 +218,7 @@ impl Metrics {
             Box::new(self.transitions.clone()),
             Box::new(self.poller_lag.clone()),
             Box::new(self.probes_in_flight.clone()),
+            Box::new(self.watch_streams_active.clone()),
             Box::new(self.events_dropped.clone()),
             Box::new(self.reloads.clone()),
         ]

@@ -299,6 +299,7 @@ impl Oracle {
             next_due_ms: AtomicU64::new(0),
             refresh: Notify::new(),
             published: Notify::new(),
+            watched: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

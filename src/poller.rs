@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use crate::events::{Events, Transition};
 use crate::metrics::Metrics;
-use crate::probe::{Outcome, ProbeError, ServingStatus, TargetProber};
+use crate::probe::{Outcome, ProbeError, ServingStatus, TargetProber, WatchEvent};
 use crate::protocol::{Reply, Target, Verdict};
 use crate::shutdown::Shutdown;
 
@@ -29,6 +29,19 @@ pub struct PollerConfig {
     /// Guard on one probe, above the prober's own timeouts.
     pub probe_deadline: Duration,
     pub replies: ReplyPolicy,
+    /// Poll with Check, or follow a Health/Watch stream.
+    pub mode: HealthMode,
+    /// While watched, a Check this often confirms the backend still answers.
+    pub liveness_interval: Duration,
+    /// A status change a Watch reports applies at once (rise and fall of 1).
+    pub trust_watch: bool,
+}
+
+/// How a target's health is followed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HealthMode {
+    Poll,
+    Watch,
 }
 
 /// How outcomes other than SERVING and failures map onto HAProxy's words.
@@ -77,6 +90,8 @@ pub struct Entry {
     pub refresh: Notify,
     /// Woken after every published result.
     pub published: Notify,
+    /// A Health/Watch stream is open for the target now (it is not polled).
+    pub watched: std::sync::atomic::AtomicBool,
 }
 
 /// What every poller shares: the settings it reads each round, the reload signal, the
@@ -232,12 +247,76 @@ pub fn format_latency(latency: Duration) -> String {
     }
 }
 
-/// Probes `entry` until its stop handle is triggered (eviction or shutdown). Runs the
-/// first probe at once; never runs two probes of one target together.
+/// Shortest and longest wait before a failed Watch stream is opened again (jittered).
+const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(500);
+const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// When a target in watch mode opens its next stream.
+struct WatchPlan {
+    /// The backend has no Health/Watch: it is polled for as long as it is registered.
+    unimplemented: bool,
+    backoff: Duration,
+    retry_at: Instant,
+    /// A liveness Check failed while watched: poll until a Check answers again.
+    until_check_answers: bool,
+}
+
+impl WatchPlan {
+    fn new() -> WatchPlan {
+        WatchPlan {
+            unimplemented: false,
+            backoff: WATCH_BACKOFF_MIN,
+            retry_at: Instant::now(),
+            until_check_answers: false,
+        }
+    }
+
+    /// When the next stream may be opened, if the target is to be watched at all.
+    fn next_attempt(&self, config: &PollerConfig) -> Option<Instant> {
+        let watching = config.mode == HealthMode::Watch;
+        (watching && !self.unimplemented && !self.until_check_answers).then_some(self.retry_at)
+    }
+
+    fn failed(&mut self, delivered: bool, liveness: bool) {
+        if delivered {
+            self.backoff = WATCH_BACKOFF_MIN;
+        }
+        let jitter = 0.8 + fastrand::f64() * 0.4;
+        self.retry_at = Instant::now() + self.backoff.mul_f64(jitter);
+        self.backoff = (self.backoff * 2).min(WATCH_BACKOFF_MAX);
+        self.until_check_answers |= liveness;
+    }
+}
+
+/// Probes `entry` until its stop handle is triggered (eviction or shutdown). In watch mode
+/// it follows a Health/Watch stream instead while one is open, and polls in the gaps.
+/// Never runs two probes of one target together.
 pub async fn run(entry: Arc<Entry>, prober: Arc<dyn TargetProber>, shared: Arc<Shared>) {
     let stop = entry.stop.clone();
+    let mut watch = WatchPlan::new();
     let mut due = Instant::now();
     loop {
+        let watch_at = watch.next_attempt(&shared.config.load());
+        if watch_at.is_some_and(|at| at <= Instant::now()) {
+            match watch_session(&entry, prober.as_ref(), &shared, &stop).await {
+                SessionEnd::Stopped => return,
+                SessionEnd::ModeChanged => {}
+                SessionEnd::Unimplemented => {
+                    tracing::info!(target_line = %entry.target, "backend has no Health/Watch; polling it with Check");
+                    watch.unimplemented = true;
+                }
+                SessionEnd::Failed {
+                    error,
+                    delivered,
+                    liveness,
+                } => {
+                    tracing::debug!(target_line = %entry.target, %error, "watch stream ended; polling until it is open again");
+                    watch.failed(delivered, liveness);
+                }
+            }
+            // Polling covers the gap, from now.
+            due = Instant::now();
+        }
         // Read once per round, so a reload applies from the next probe on.
         let deadline = shared.config.load().probe_deadline;
         let probed = tokio::select! {
@@ -245,29 +324,199 @@ pub async fn run(entry: Arc<Entry>, prober: Arc<dyn TargetProber>, shared: Arc<S
             probed = probe_once(prober.as_ref(), deadline, &shared) => probed,
         };
         let (outcome, started, latency) = probed;
+        if matches!(outcome, Outcome::Answered(_)) {
+            watch.until_check_answers = false;
+        }
         shared
             .metrics
             .poller_lag
             .observe(started.saturating_duration_since(due).as_secs_f64());
-        publish(&entry, outcome, started + latency, latency, &shared);
+        publish(&entry, outcome, started + latency, latency, &shared, false);
         let previous = due;
         due = next_due(previous, &shared.config.load(), Instant::now());
         // Wait for the next probe; a reload re-plans the wait with the new interval, a
-        // refresh request ends it.
+        // refresh request ends it, and so does the time to open a Watch stream again.
         loop {
             entry
                 .next_due_ms
                 .store(shared.millis(due), Ordering::Relaxed);
             let reload = shared.reconfigured.notified();
+            let watch_at = watch.next_attempt(&shared.config.load());
             tokio::select! {
                 _ = stop.triggered() => return,
                 _ = tokio::time::sleep_until(shared.slotted(due)) => break,
+                _ = tokio::time::sleep_until(watch_at.unwrap_or(due)), if watch_at.is_some() => break,
                 _ = entry.refresh.notified() => {
                     due = Instant::now();
                     break;
                 }
-                _ = reload => due = next_due(previous, &shared.config.load(), Instant::now()),
+                _ = reload => {
+                    due = next_due(previous, &shared.config.load(), Instant::now());
+                    if watch.next_attempt(&shared.config.load()).is_some() {
+                        break;
+                    }
+                }
             }
+        }
+    }
+}
+
+/// How a Watch session ended.
+enum SessionEnd {
+    Stopped,
+    /// A reload switched the target to polling.
+    ModeChanged,
+    /// The backend answered Watch with UNIMPLEMENTED.
+    Unimplemented,
+    Failed {
+        error: ProbeError,
+        /// The stream had delivered statuses (so it had worked: the backoff starts over).
+        delivered: bool,
+        /// A liveness Check failed, not the stream.
+        liveness: bool,
+    },
+}
+
+/// Marks the entry watched, and counts the stream, while it lives.
+struct Watching<'a> {
+    entry: &'a Entry,
+    shared: &'a Shared,
+}
+
+impl<'a> Watching<'a> {
+    fn new(entry: &'a Entry, shared: &'a Shared) -> Watching<'a> {
+        entry.watched.store(true, Ordering::Relaxed);
+        shared.metrics.watch_streams_active.inc();
+        Watching { entry, shared }
+    }
+}
+
+impl Drop for Watching<'_> {
+    fn drop(&mut self) {
+        self.entry.watched.store(false, Ordering::Relaxed);
+        self.shared.metrics.watch_streams_active.dec();
+    }
+}
+
+/// Follows one Watch stream: every status it sends is published (at once with
+/// `trust_watch`, else counted through rise/fall, one count per interval while it holds),
+/// and a Check every `liveness_interval` confirms the backend still answers.
+async fn watch_session(
+    entry: &Entry,
+    prober: &dyn TargetProber,
+    shared: &Shared,
+    stop: &Shutdown,
+) -> SessionEnd {
+    let unimplemented = |error: &ProbeError| is_unimplemented(&Outcome::Failed(error.clone()));
+    let deadline = shared.config.load().probe_deadline;
+    // Opening the stream and its first message count as one probe.
+    let opened = {
+        let _permit = shared
+            .permits
+            .acquire()
+            .await
+            .expect("the probe semaphore is never closed");
+        shared.metrics.probes_in_flight.inc();
+        let started = Instant::now();
+        let opening = async {
+            let mut stream = prober.watch().await?;
+            let first = stream.next().await;
+            Ok::<_, ProbeError>((stream, first))
+        };
+        let opened = tokio::select! {
+            _ = stop.triggered() => None,
+            opened = tokio::time::timeout(deadline, opening) => Some(opened),
+        };
+        shared.metrics.probes_in_flight.dec();
+        opened.map(|opened| (opened, started, started.elapsed()))
+    };
+    let Some((opened, started, mut latency)) = opened else {
+        return SessionEnd::Stopped;
+    };
+    let failed = |error: ProbeError, delivered: bool| SessionEnd::Failed {
+        error,
+        delivered,
+        liveness: false,
+    };
+    let (mut stream, first) = match opened {
+        Err(_) => return failed(ProbeError::Deadline(deadline), false),
+        Ok(Err(error)) if unimplemented(&error) => return SessionEnd::Unimplemented,
+        Ok(Err(error)) => return failed(error, false),
+        Ok(Ok(opened)) => opened,
+    };
+    let mut last = match first {
+        WatchEvent::Status(status) => status,
+        WatchEvent::Ended(error) if unimplemented(&error) => return SessionEnd::Unimplemented,
+        WatchEvent::Ended(error) => return failed(error, false),
+    };
+    let outcome = Outcome::Answered(last);
+    shared.metrics.probed(&outcome);
+    shared.metrics.probe_duration.observe(latency.as_secs_f64());
+    let trust = shared.config.load().trust_watch;
+    publish(entry, outcome, started + latency, latency, shared, trust);
+    let _watching = Watching::new(entry, shared);
+    let interval = shared.config.load().interval;
+    let mut next_tick = Instant::now() + interval;
+    let mut liveness_at = Instant::now() + shared.config.load().liveness_interval;
+    loop {
+        // Registered before the settings are read, so no reload falls between the two.
+        let reload = shared.reconfigured.notified();
+        let config = **shared.config.load();
+        if config.mode != HealthMode::Watch {
+            return SessionEnd::ModeChanged;
+        }
+        entry
+            .next_due_ms
+            .store(shared.millis(next_tick.min(liveness_at)), Ordering::Relaxed);
+        let check_now = tokio::select! {
+            _ = stop.triggered() => return SessionEnd::Stopped,
+            event = stream.next() => {
+                match event {
+                    WatchEvent::Status(status) => {
+                        last = status;
+                        let now = Instant::now();
+                        publish(entry, Outcome::Answered(status), now, latency, shared, config.trust_watch);
+                    }
+                    WatchEvent::Ended(error) if unimplemented(&error) => return SessionEnd::Unimplemented,
+                    WatchEvent::Ended(error) => return failed(error, true),
+                }
+                false
+            }
+            // The stream is open and still says `last`: that is this interval's
+            // observation (it keeps the answer fresh, and counts toward rise/fall).
+            _ = tokio::time::sleep_until(shared.slotted(next_tick)) => {
+                publish(entry, Outcome::Answered(last), Instant::now(), latency, shared, false);
+                next_tick = (next_tick + config.interval).max(Instant::now());
+                false
+            }
+            _ = tokio::time::sleep_until(shared.slotted(liveness_at)) => true,
+            _ = entry.refresh.notified() => true,
+            _ = reload => {
+                if shared.config.load().mode != HealthMode::Watch {
+                    return SessionEnd::ModeChanged;
+                }
+                false
+            }
+        };
+        if check_now {
+            let (outcome, started, took) = tokio::select! {
+                _ = stop.triggered() => return SessionEnd::Stopped,
+                probed = probe_once(prober, config.probe_deadline, shared) => probed,
+            };
+            match outcome {
+                Outcome::Failed(error) => {
+                    return SessionEnd::Failed {
+                        error,
+                        delivered: true,
+                        liveness: true,
+                    };
+                }
+                answered => {
+                    latency = took;
+                    publish(entry, answered, started + took, took, shared, false);
+                }
+            }
+            liveness_at = Instant::now() + config.liveness_interval;
         }
     }
 }
@@ -304,14 +553,21 @@ fn next_due(previous: Instant, config: &PollerConfig, now: Instant) -> Instant {
     due.max(now)
 }
 
+/// Publishes a new health for the entry. A `trusted` outcome (a Watch status with
+/// `trust_watch`) applies at once: rise and fall of 1.
 fn publish(
     entry: &Entry,
     outcome: Outcome,
     probed_at: Instant,
     latency: Duration,
     shared: &Shared,
+    trusted: bool,
 ) {
-    let config = shared.config.load();
+    let mut config = **shared.config.load();
+    if trusted {
+        config.rise = 1;
+        config.fall = 1;
+    }
     let previous = entry.health.load_full();
     let health = match previous.as_deref() {
         None => Health::first(outcome, probed_at, latency, &config),
@@ -358,6 +614,9 @@ mod tests {
                 not_serving,
                 unimplemented,
             },
+            mode: HealthMode::Poll,
+            liveness_interval: Duration::from_secs(10),
+            trust_watch: false,
         }
     }
 

@@ -45,6 +45,56 @@ pub trait Probe: Send + Sync + 'static {
 pub trait TargetProber: Send + Sync + 'static {
     /// One health check. Implementations bound it by their connect and RPC timeouts.
     fn check(&self) -> BoxFuture<'_, Outcome>;
+
+    /// Opens a `Health/Watch` stream. A prober without one answers UNIMPLEMENTED, as a
+    /// server without Watch does, and its target is polled.
+    fn watch(&self) -> BoxFuture<'_, Result<WatchStream, ProbeError>> {
+        Box::pin(async {
+            Err(ProbeError::Status {
+                code: "UNIMPLEMENTED".to_string(),
+                message: "this prober has no watch".to_string(),
+            })
+        })
+    }
+}
+
+/// What a Watch stream says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// The backend's status now (sent at once, then at every change).
+    Status(ServingStatus),
+    /// The stream is over, and why.
+    Ended(ProbeError),
+}
+
+/// An open Watch stream; dropping it cancels the stream.
+pub struct WatchStream {
+    events: tokio::sync::mpsc::Receiver<WatchEvent>,
+    /// What must live as long as the stream (its cancel-on-drop, maybe its connection).
+    _holds: Vec<Box<dyn Send + Sync>>,
+}
+
+impl WatchStream {
+    pub fn new(events: tokio::sync::mpsc::Receiver<WatchEvent>) -> WatchStream {
+        WatchStream {
+            events,
+            _holds: Vec::new(),
+        }
+    }
+
+    /// Keeps `held` alive as long as the stream (dropped after what it already holds).
+    pub fn holding(mut self, held: Box<dyn Send + Sync>) -> WatchStream {
+        self._holds.push(held);
+        self
+    }
+
+    /// The next event; after `Ended`, the stream is done.
+    pub async fn next(&mut self) -> WatchEvent {
+        self.events
+            .recv()
+            .await
+            .unwrap_or_else(|| WatchEvent::Ended(ProbeError::Transport("watch closed".into())))
+    }
 }
 
 /// What one health check found.

@@ -18,7 +18,7 @@ pub use layers::{Layers, Resolved, Source, Value};
 use crate::admin::AdminConfig;
 use crate::allowlist::{Allowlist, Sources};
 use crate::oracle::OracleConfig;
-use crate::poller::{PollerConfig, ReplyPolicy};
+use crate::poller::{HealthMode, PollerConfig, ReplyPolicy};
 use crate::probe::{ProbeConfig, TlsSettings};
 use crate::protocol::Verdict;
 use crate::responder::ResponderConfig;
@@ -331,6 +331,16 @@ impl Checker<'_> {
         });
         let jitter = self.get("check_jitter", |t| parse_count(t, 0, 50));
         let rise = self.get("rise", |t| parse_count(t, 1, 1000));
+        let mode = self.get("health_mode", |t| {
+            parse_choice(
+                t,
+                &[("poll", HealthMode::Poll), ("watch", HealthMode::Watch)],
+            )
+        });
+        let liveness_interval = self.get("liveness_interval", |t| {
+            parse_duration_at_least(t, Duration::from_millis(10))
+        });
+        let trust_watch = self.get("trust_watch", parse_bool);
         let fall = self.get("fall", |t| parse_count(t, 1, 1000));
         let miss_timeout = self.get("miss_timeout", parse_positive_duration);
         let idle_ttl = self.get("idle_ttl", parse_positive_duration);
@@ -422,6 +432,19 @@ impl Checker<'_> {
         if insecure_skip_verify == Some(true) {
             self.rule(ca_file.is_none(), "tls_insecure_skip_verify", || "cannot be combined with tls_ca_file: with verification off a CA means nothing; drop one of them".to_string());
         }
+        // The liveness Check is never more frequent than polling: the default grows with
+        // the interval; a value set on purpose must be at least the interval.
+        let mut liveness_interval = liveness_interval;
+        if let (Some(interval), Some(liveness)) = (interval, liveness_interval) {
+            let defaulted = self
+                .resolved
+                .get("liveness_interval")
+                .is_some_and(|v| v.source == Source::Default);
+            if defaulted {
+                liveness_interval = Some(liveness.max(interval));
+            }
+            self.rule(defaulted || liveness >= interval, "liveness_interval", || format!("{liveness:?} is shorter than check_interval ({interval:?}); a watched target would be checked more often than a polled one"));
+        }
         if let (Some(interval), Some(idle_ttl)) = (interval, idle_ttl) {
             self.rule(idle_ttl >= interval, "idle_ttl", || format!("{idle_ttl:?} is shorter than check_interval ({interval:?}); targets would be evicted before their second probe"));
         }
@@ -484,6 +507,9 @@ impl Checker<'_> {
                     rise: rise? as u32,
                     fall: fall? as u32,
                     probe_deadline: probe_budget + Duration::from_millis(100),
+                    mode: mode?,
+                    liveness_interval: liveness_interval?,
+                    trust_watch: trust_watch?,
                     replies: ReplyPolicy {
                         not_serving: not_serving?,
                         unimplemented: unimplemented?,

@@ -257,6 +257,27 @@ pub const SETTINGS: &[Spec] = &[
         "consecutive failed probes that take an up backend down",
     ),
     spec(
+        "health_mode",
+        Some("poll"),
+        "poll|watch",
+        Live,
+        "poll: a Check every interval; watch: a Health/Watch stream per target, with a Check every liveness_interval (a backend without Watch is polled)",
+    ),
+    spec(
+        "liveness_interval",
+        Some("10s"),
+        "duration",
+        Live,
+        "while a target is watched, how often a Check confirms the backend still answers",
+    ),
+    spec(
+        "trust_watch",
+        Some("false"),
+        "bool",
+        Live,
+        "apply a status change a Watch stream reports at once, instead of counting it through rise/fall",
+    ),
+    spec(
         "miss_timeout",
         Some("1000ms"),
         "duration",

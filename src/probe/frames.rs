@@ -166,6 +166,24 @@ pub fn put_goaway(out: &mut BytesMut, last_stream: u32, error: u32) {
 pub struct Prepared {
     block: Bytes,
     body: Bytes,
+    /// A unary Check carries `grpc-timeout`; a Watch stream is open-ended.
+    timed: bool,
+}
+
+/// The two methods of `grpc.health.v1.Health`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Check,
+    Watch,
+}
+
+impl Method {
+    fn path(self) -> &'static [u8] {
+        match self {
+            Method::Check => b"/grpc.health.v1.Health/Check",
+            Method::Watch => b"/grpc.health.v1.Health/Watch",
+        }
+    }
 }
 
 /// Static-table indices (RFC 7541 appendix A).
@@ -178,10 +196,11 @@ const CONTENT_TYPE: usize = 31;
 const USER_AGENT: usize = 58;
 
 impl Prepared {
-    /// `POST {scheme}://{authority}/grpc.health.v1.Health/Check` with the gRPC headers,
+    /// `POST {scheme}://{authority}/grpc.health.v1.Health/{method}` with the gRPC headers,
     /// the user agent and the extra metadata (names already valid lowercase header
     /// names, values printable ASCII), and the service name as the message.
-    pub fn new(
+    pub fn for_method(
+        method: Method,
         tls: bool,
         authority: &str,
         service: &str,
@@ -194,7 +213,7 @@ impl Prepared {
         let mut block = BytesMut::with_capacity(96 + authority.len() + user_agent.len());
         put_indexed(&mut block, METHOD_POST);
         put_indexed(&mut block, if tls { SCHEME_HTTPS } else { SCHEME_HTTP });
-        put_literal_indexed_name(&mut block, PATH, b"/grpc.health.v1.Health/Check");
+        put_literal_indexed_name(&mut block, PATH, method.path());
         put_literal_indexed_name(&mut block, AUTHORITY, authority.as_bytes());
         put_literal_indexed_name(&mut block, CONTENT_TYPE, b"application/grpc");
         put_literal(&mut block, b"te", b"trailers");
@@ -213,6 +232,7 @@ impl Prepared {
         Ok(Prepared {
             block: block.freeze(),
             body: body.freeze(),
+            timed: method == Method::Check,
         })
     }
 
@@ -222,15 +242,17 @@ impl Prepared {
     }
 
     /// HEADERS (+ CONTINUATION) and DATA frames of one call on `stream`, with its
-    /// `grpc-timeout`, split to the server's frame size.
+    /// `grpc-timeout` (a Check's), split to the server's frame size.
     pub fn encode(&self, out: &mut BytesMut, stream: u32, timeout: Duration, max_frame: usize) {
         let mut block = BytesMut::with_capacity(self.block.len() + 24);
         block.put_slice(&self.block);
-        put_literal(
-            &mut block,
-            b"grpc-timeout",
-            grpc_timeout(timeout).as_bytes(),
-        );
+        if self.timed {
+            put_literal(
+                &mut block,
+                b"grpc-timeout",
+                grpc_timeout(timeout).as_bytes(),
+            );
+        }
         let mut chunks = block.chunks(max_frame).peekable();
         let mut frame_kind = kind::HEADERS;
         while let Some(chunk) = chunks.next() {
@@ -372,31 +394,77 @@ impl Answer {
         Ok(())
     }
 
-    /// What the whole answer says, once the stream has ended.
-    pub fn outcome(mut self) -> Outcome {
+    /// What is wrong with the answer's headers, if anything: not HTTP 200, or not gRPC.
+    pub fn head_error(&self) -> Option<ProbeError> {
         let grpc = self.grpc_status.as_deref().map(parse_grpc_status);
         match self.status {
-            None => return Outcome::Failed(transport("answer without headers")),
+            None => return Some(transport("answer without headers")),
             Some(200) => {}
             Some(status) => {
                 let grpc = match grpc {
                     Some(Some(code)) => format!(", grpc {}", grpc_code_name(code)),
                     _ => String::new(),
                 };
-                return Outcome::Failed(ProbeError::Transport(format!(
-                    "http status {status}{grpc}"
-                )));
+                return Some(ProbeError::Transport(format!("http status {status}{grpc}")));
             }
         }
         match self.content_type.as_deref() {
-            None => return Outcome::Failed(transport("answer without content-type")),
-            Some(kind) if !is_grpc_content_type(kind) => {
-                return Outcome::Failed(ProbeError::Transport(format!(
-                    "content-type {kind:?} is not grpc"
-                )));
-            }
-            Some(_) => {}
+            None => Some(transport("answer without content-type")),
+            Some(kind) if !is_grpc_content_type(kind) => Some(ProbeError::Transport(format!(
+                "content-type {kind:?} is not grpc"
+            ))),
+            Some(_) => None,
         }
+    }
+
+    /// The statuses of the Watch messages completed by `bytes` (DATA of a stream whose
+    /// headers were fine), in order; each message is bounded by [`MAX_MESSAGE`].
+    pub fn watch_data(&mut self, bytes: &[u8]) -> Result<Vec<ServingStatus>, ProbeError> {
+        if self.blocks != 1 {
+            return Err(transport("data outside the stream's body"));
+        }
+        self.message.extend_from_slice(bytes);
+        let mut statuses = Vec::new();
+        while self.message.len() >= 5 {
+            let length =
+                u32::from_be_bytes(self.message[1..5].try_into().expect("four bytes")) as usize;
+            if length > MAX_MESSAGE {
+                return Err(transport("health answer too large"));
+            }
+            if self.message.len() < 5 + length {
+                break;
+            }
+            let mut one = self.message.split_to(5 + length);
+            match decode_message(&mut one) {
+                Outcome::Answered(status) => statuses.push(status),
+                Outcome::Failed(error) => return Err(error),
+            }
+        }
+        Ok(statuses)
+    }
+
+    /// Why a Watch stream ended (it never ends well: the server closed it).
+    pub fn watch_end(self) -> ProbeError {
+        if let Some(error) = self.head_error() {
+            return error;
+        }
+        match self.grpc_status.as_deref().map(parse_grpc_status) {
+            None => transport("watch ended without grpc-status"),
+            Some(None) => transport("unparsable grpc-status"),
+            Some(Some(0)) => transport("watch ended by the backend"),
+            Some(Some(code)) => ProbeError::Status {
+                code: grpc_code_name(code).into_owned(),
+                message: self.grpc_message.unwrap_or_default(),
+            },
+        }
+    }
+
+    /// What the whole answer says, once the stream has ended.
+    pub fn outcome(mut self) -> Outcome {
+        if let Some(error) = self.head_error() {
+            return Outcome::Failed(error);
+        }
+        let grpc = self.grpc_status.as_deref().map(parse_grpc_status);
         let code = match grpc {
             None => {
                 let reason = match (self.blocks, self.message.is_empty()) {

@@ -29,7 +29,8 @@ fn split_frames(mut bytes: &[u8]) -> Vec<(FrameHeader, Vec<u8>)> {
 
 fn prepared() -> Prepared {
     let metadata = vec![("x-probe".to_string(), "haproxy".to_string())];
-    Prepared::new(
+    Prepared::for_method(
+        Method::Check,
         false,
         "api.internal:50051",
         "orders",
@@ -86,7 +87,7 @@ fn a_check_is_one_headers_and_one_data_frame_with_every_header() {
 fn a_large_header_block_continues_in_continuation_frames() {
     let long = "v".repeat(40_000);
     let metadata = vec![("x-long".to_string(), long.clone())];
-    let prepared = Prepared::new(true, "b:1", "", "ua", &metadata).unwrap();
+    let prepared = Prepared::for_method(Method::Check, true, "b:1", "", "ua", &metadata).unwrap();
     let mut out = BytesMut::new();
     prepared.encode(&mut out, 1, Duration::from_secs(1), MAX_FRAME_SIZE);
     let frames = split_frames(&out);
@@ -126,7 +127,7 @@ fn grpc_timeouts_have_at_most_eight_digits() {
 
 #[test]
 fn an_authority_that_is_not_one_is_refused() {
-    let error = Prepared::new(false, "a b", "", "ua", &[]).unwrap_err();
+    let error = Prepared::for_method(Method::Check, false, "a b", "", "ua", &[]).unwrap_err();
     assert!(matches!(error, ProbeError::InvalidTarget(_)), "{error:?}");
 }
 
@@ -419,4 +420,73 @@ fn backend_text_in_reasons_is_bounded_and_printable() {
     let reason = answer.outcome().reason();
     assert!(reason.len() < 260, "{}", reason.len());
     assert!(!reason.contains('\u{7}'));
+}
+
+#[test]
+fn a_watch_asks_for_watch_without_a_deadline() {
+    let prepared = Prepared::for_method(Method::Watch, false, "b:1", "svc", "ua", &[]).unwrap();
+    let mut out = BytesMut::new();
+    prepared.encode(&mut out, 3, Duration::from_secs(1), MAX_FRAME_SIZE);
+    let frames = split_frames(&out);
+    let fields = decode_block(&frames[0].1);
+    assert!(fields.contains(&(":path".into(), "/grpc.health.v1.Health/Watch".into())));
+    assert!(!fields.iter().any(|(name, _)| name == "grpc-timeout"));
+    assert_eq!(
+        frames[1].0.flags,
+        flag::END_STREAM,
+        "the request is one message"
+    );
+}
+
+#[test]
+fn watch_messages_come_out_one_by_one_however_they_are_cut() {
+    let mut answer = Answer::default();
+    for (name, value) in OK_HEADERS {
+        answer.field(name.as_bytes(), value.as_bytes());
+    }
+    answer.end_block(false).unwrap();
+    assert_eq!(answer.head_error(), None);
+    let bytes = [message(1), message(2), message(3)].concat();
+    let mut statuses = Vec::new();
+    for chunk in bytes.chunks(4) {
+        statuses.extend(answer.watch_data(chunk).unwrap());
+    }
+    assert_eq!(
+        statuses,
+        [
+            ServingStatus::Serving,
+            ServingStatus::NotServing,
+            ServingStatus::ServiceUnknown
+        ]
+    );
+    // Trailers end it: OK is still an end, an error status says which.
+    answer.field(b"grpc-status", b"0");
+    answer.end_block(true).unwrap();
+    assert_eq!(
+        answer.watch_end().to_string(),
+        "transport: watch ended by the backend"
+    );
+
+    let mut unimplemented = Answer::default();
+    for (name, value) in [
+        (":status", "200"),
+        ("content-type", "application/grpc"),
+        ("grpc-status", "12"),
+    ] {
+        unimplemented.field(name.as_bytes(), value.as_bytes());
+    }
+    unimplemented.end_block(true).unwrap();
+    assert_eq!(
+        unimplemented.watch_end(),
+        ProbeError::Status {
+            code: "UNIMPLEMENTED".into(),
+            message: String::new()
+        }
+    );
+
+    let mut oversize = Answer::default();
+    oversize.field(b":status", b"200");
+    oversize.end_block(false).unwrap();
+    let error = oversize.watch_data(&[0, 0, 1, 0, 0]).unwrap_err();
+    assert_eq!(error.to_string(), "transport: health answer too large");
 }

@@ -13,10 +13,10 @@ use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::ServerName;
 
 use super::connect::ConnectTo;
-use super::frames::Prepared;
+use super::frames::{Method, Prepared};
 use super::http2::{Connection, Tls};
 use super::insecure;
-use super::{BoxFuture, Outcome, Probe, ProbeError, TargetProber};
+use super::{BoxFuture, Outcome, Probe, ProbeError, TargetProber, WatchStream};
 use crate::allowlist::{Admission, Allowlist};
 use crate::protocol::Target;
 
@@ -353,16 +353,21 @@ impl Probe for GrpcProbe {
                 key: EndpointKey::of(target),
             }
         };
-        let prepared = Prepared::new(
-            target.tls,
-            &target.authority,
-            &target.service,
-            &self.user_agent,
-            &self.metadata,
-        );
+        let prepare = |method| {
+            Prepared::for_method(
+                method,
+                target.tls,
+                &target.authority,
+                &target.service,
+                &self.user_agent,
+                &self.metadata,
+            )
+        };
+        let (prepared, prepared_watch) = (prepare(Method::Check), prepare(Method::Watch));
         Arc::new(GrpcTarget {
             channels,
             prepared,
+            prepared_watch,
             host: target.host.clone(),
             port: target.port,
             allowlist: Arc::clone(&self.allowlist),
@@ -372,8 +377,9 @@ impl Probe for GrpcProbe {
 
 struct GrpcTarget {
     channels: Channels,
-    /// The request, built once for every check of this target.
+    /// The requests, built once for every check and watch of this target.
     prepared: Result<Prepared, ProbeError>,
+    prepared_watch: Result<Prepared, ProbeError>,
     host: String,
     port: u16,
     /// Checked before every probe, so a reload that denies the target stops its probes.
@@ -420,6 +426,26 @@ impl TargetProber for GrpcTarget {
             match &self.prepared {
                 Ok(prepared) => channel.check(prepared).await,
                 Err(error) => Outcome::Failed(error.clone()),
+            }
+        })
+    }
+
+    fn watch(&self) -> BoxFuture<'_, Result<WatchStream, ProbeError>> {
+        Box::pin(async move {
+            if self.allowlist.load().admit(&self.host, self.port) == Admission::Denied {
+                return Err(ProbeError::Denied(String::new()));
+            }
+            let prepared = self.prepared_watch.as_ref().map_err(Clone::clone)?;
+            match &self.channels {
+                Channels::Shared(Ok(channel)) => channel.channel.watch(prepared).await,
+                Channels::Shared(Err(error)) => Err(error.clone()),
+                // Without the channel cache a stream has a connection of its own, which
+                // lives as long as the stream.
+                Channels::Fresh { builder, key } => {
+                    let channel = builder.build(key)?;
+                    let stream = channel.channel.watch(prepared).await?;
+                    Ok(stream.holding(Box::new(channel)))
+                }
             }
         })
     }

@@ -184,7 +184,8 @@ fn truncated_and_oversized_input_is_an_error_not_a_panic() {
 #[test]
 fn agrees_with_an_independent_decoder_on_our_own_requests() {
     // The agent's request block, decoded here and by loona-hpack.
-    let prepared = super::super::frames::Prepared::new(
+    let prepared = super::super::frames::Prepared::for_method(
+        super::super::frames::Method::Check,
         true,
         "api.internal:443",
         "svc",

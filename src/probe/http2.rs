@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use bytes::{Buf, BytesMut};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -20,7 +20,7 @@ use super::connect::{ConnectFailure, ConnectTo};
 use super::frames::{self, FrameHeader, MAX_FRAME_SIZE, Prepared, code, flag, kind};
 use super::grpc::Timeouts;
 use super::hpack;
-use super::{Outcome, ProbeError};
+use super::{Outcome, ProbeError, WatchEvent, WatchStream};
 
 /// A connection's read buffer starts this large, and is cut back to it after a large frame.
 const READ_BUFFER: usize = 1024;
@@ -28,6 +28,11 @@ const READ_BUFFER: usize = 1024;
 const CONTROL_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connection window consumed before it is topped up again.
 const WINDOW_TOP_UP: i64 = 1 << 30;
+/// A Watch stream's window is topped up after this much of it is used.
+const STREAM_TOP_UP: usize = 32 * 1024;
+/// Watch messages read off the connection but not yet taken by the poller; a backend
+/// that sends faster than that has its stream ended.
+const WATCH_BUFFER: usize = 64;
 
 type Reader = Box<dyn AsyncRead + Send + Unpin>;
 type Writer = Box<dyn AsyncWrite + Send + Unpin>;
@@ -75,6 +80,22 @@ impl Connection {
                 Err(End::Unprocessed(error) | End::Failed(error)) => {
                     return Outcome::Failed(error);
                 }
+            }
+        }
+    }
+
+    /// Opens a Watch stream (within the RPC timeout once connected); statuses then arrive
+    /// on the stream as the backend sends them. Like a Check, an open the backend never
+    /// processed is made once more on a new connection.
+    pub async fn watch(&self, prepared: &Prepared) -> Result<WatchStream, ProbeError> {
+        let timeouts = **self.timeouts.load();
+        let mut retried = false;
+        loop {
+            let (live, fresh) = self.live(timeouts).await?;
+            match live.open_watch(prepared, timeouts.rpc).await {
+                Ok(stream) => return Ok(stream),
+                Err(End::Unprocessed(_)) if !fresh && !retried => retried = true,
+                Err(End::Unprocessed(error) | End::Failed(error)) => return Err(error),
             }
         }
     }
@@ -215,7 +236,38 @@ struct Pending {
     answer: frames::Answer,
     /// Whether any frame of the answer has arrived.
     touched: bool,
-    reply: oneshot::Sender<Result<Outcome, End>>,
+    sink: Sink,
+}
+
+/// Where a call's result goes.
+enum Sink {
+    /// A Check: one outcome.
+    Unary(oneshot::Sender<Result<Outcome, End>>),
+    /// A Watch: every status as it arrives, then why the stream ended.
+    Stream {
+        events: mpsc::Sender<WatchEvent>,
+        /// DATA bytes since the stream's window was last topped up.
+        unacked: usize,
+    },
+}
+
+impl Pending {
+    /// Hands over how the call ended.
+    fn end(self, end: Result<Outcome, End>) {
+        match self.sink {
+            Sink::Unary(reply) => {
+                let _ = reply.send(end);
+            }
+            Sink::Stream { events, .. } => {
+                let error = match end {
+                    Ok(Outcome::Failed(error))
+                    | Err(End::Failed(error) | End::Unprocessed(error)) => error,
+                    Ok(Outcome::Answered(_)) => transport("watch ended by the backend"),
+                };
+                let _ = events.try_send(WatchEvent::Ended(error));
+            }
+        }
+    }
 }
 
 impl State {
@@ -223,11 +275,23 @@ impl State {
     fn finish(&mut self, stream: u32, end: Result<Outcome, End>) -> bool {
         match self.streams.remove(&stream) {
             Some(pending) => {
-                let _ = pending.reply.send(end);
+                pending.end(end);
                 true
             }
             None => false,
         }
+    }
+}
+
+/// Cancels its Watch stream when dropped (the poller stopped reading it).
+struct StreamGuard {
+    live: Arc<Live>,
+    stream: u32,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.live.cancel(self.stream);
     }
 }
 
@@ -240,9 +304,10 @@ impl Live {
         let deadline = Instant::now() + rpc;
         let timeout = || End::Failed(ProbeError::RpcTimeout(rpc));
         let (reply, answer) = oneshot::channel();
-        let stream = tokio::time::timeout_at(deadline, self.start(prepared, rpc, reply))
-            .await
-            .map_err(|_| timeout())??;
+        let stream =
+            tokio::time::timeout_at(deadline, self.start(prepared, rpc, Sink::Unary(reply)))
+                .await
+                .map_err(|_| timeout())??;
         match tokio::time::timeout_at(deadline, answer).await {
             Ok(Ok(end)) => end,
             Ok(Err(_)) => Err(End::Failed(transport("connection closed"))),
@@ -253,15 +318,27 @@ impl Live {
         }
     }
 
-    /// Opens a stream for the call and writes its frames, once the backend's limits allow.
-    async fn start(
-        &self,
+    async fn open_watch(
+        self: &Arc<Self>,
         prepared: &Prepared,
         rpc: Duration,
-        reply: oneshot::Sender<Result<Outcome, End>>,
-    ) -> Result<u32, End> {
+    ) -> Result<WatchStream, End> {
+        let (events, received) = mpsc::channel(WATCH_BUFFER);
+        let sink = Sink::Stream { events, unacked: 0 };
+        let stream = tokio::time::timeout(rpc, self.start(prepared, rpc, sink))
+            .await
+            .map_err(|_| End::Failed(ProbeError::RpcTimeout(rpc)))??;
+        let guard = StreamGuard {
+            live: Arc::clone(self),
+            stream,
+        };
+        Ok(WatchStream::new(received).holding(Box::new(guard)))
+    }
+
+    /// Opens a stream for the call and writes its frames, once the backend's limits allow.
+    async fn start(&self, prepared: &Prepared, rpc: Duration, sink: Sink) -> Result<u32, End> {
         let body = prepared.body_len() as i64;
-        let mut reply = Some(reply);
+        let mut reply = Some(sink);
         loop {
             let capacity = self.capacity.notified();
             {
@@ -287,7 +364,7 @@ impl Live {
                         let pending = Pending {
                             answer: frames::Answer::default(),
                             touched: false,
-                            reply: reply.take().expect("a stream is opened once"),
+                            sink: reply.take().expect("a stream is opened once"),
                         };
                         state.streams.insert(stream, pending);
                         buffer.clear();
@@ -354,7 +431,7 @@ impl Live {
             } else {
                 End::Unprocessed(error.clone())
             };
-            let _ = pending.reply.send(Err(end));
+            pending.end(Err(end));
         }
         drop(state);
         self.capacity.notify_waiters();
@@ -678,21 +755,44 @@ impl FrameReader {
             return Ok(());
         };
         pending.touched = true;
-        let end = match pending.answer.data(data) {
-            Err(error) => {
-                frames::put_rst_stream(out, header.stream, code::CANCEL);
-                Some(Err(End::Failed(error)))
+        let end_stream = header.has(flag::END_STREAM);
+        let end = match &mut pending.sink {
+            Sink::Unary(_) => match pending.answer.data(data) {
+                Err(error) => {
+                    frames::put_rst_stream(out, header.stream, code::CANCEL);
+                    Some(Err(End::Failed(error)))
+                }
+                Ok(()) if end_stream => None,
+                Ok(()) => return Ok(()),
+            },
+            Sink::Stream { events, unacked } => {
+                *unacked += payload.len();
+                if *unacked >= STREAM_TOP_UP && !end_stream {
+                    frames::put_window_update(out, header.stream, *unacked as u32);
+                    *unacked = 0;
+                }
+                let delivered = pending.answer.watch_data(data).and_then(|statuses| {
+                    statuses.into_iter().try_for_each(|status| {
+                        events.try_send(WatchEvent::Status(status)).map_err(|_| {
+                            transport("watch messages arrive faster than they are read")
+                        })
+                    })
+                });
+                match delivered {
+                    Err(error) => {
+                        frames::put_rst_stream(out, header.stream, code::CANCEL);
+                        Some(Err(End::Failed(error)))
+                    }
+                    Ok(()) if end_stream => None,
+                    Ok(()) => return Ok(()),
+                }
             }
-            Ok(()) if header.has(flag::END_STREAM) => {
-                let pending = state.streams.remove(&header.stream).expect("found above");
-                let _ = pending.reply.send(Ok(pending.answer.outcome()));
-                self.finished_any = true;
-                None
-            }
-            Ok(()) => None,
         };
-        if let Some(end) = end {
-            self.finished_any |= state.finish(header.stream, end);
+        let pending = state.streams.remove(&header.stream).expect("found above");
+        self.finished_any = true;
+        match end {
+            Some(end) => pending.end(end),
+            None => finish_answer(pending),
         }
         Ok(())
     }
@@ -725,19 +825,28 @@ impl FrameReader {
             return Ok(());
         };
         pending.touched = true;
-        match pending.answer.end_block(end_stream) {
-            Err(error) => {
+        let problem = match pending.answer.end_block(end_stream) {
+            Err(error) => Some(error),
+            // A stream's headers are checked as soon as they come: a Watch may send
+            // nothing more for a long time.
+            Ok(()) if !end_stream && matches!(pending.sink, Sink::Stream { .. }) => {
+                pending.answer.head_error()
+            }
+            Ok(()) => None,
+        };
+        match problem {
+            Some(error) => {
                 if !end_stream {
                     frames::put_rst_stream(out, stream, code::CANCEL);
                 }
                 self.finished_any |= state.finish(stream, Err(End::Failed(error)));
             }
-            Ok(()) if end_stream => {
+            None if end_stream => {
                 let pending = state.streams.remove(&stream).expect("found above");
-                let _ = pending.reply.send(Ok(pending.answer.outcome()));
+                finish_answer(pending);
                 self.finished_any = true;
             }
-            Ok(()) => {}
+            None => {}
         }
         Ok(())
     }
@@ -797,6 +906,18 @@ impl FrameReader {
         frames::put_settings_ack(out);
         self.finished_any = true;
         Ok(())
+    }
+}
+
+/// A call whose stream ended normally: a Check's outcome, or why a Watch ended.
+fn finish_answer(pending: Pending) {
+    match pending.sink {
+        Sink::Unary(reply) => {
+            let _ = reply.send(Ok(pending.answer.outcome()));
+        }
+        Sink::Stream { events, .. } => {
+            let _ = events.try_send(WatchEvent::Ended(pending.answer.watch_end()));
+        }
     }
 }
 

@@ -34,6 +34,16 @@ struct Shared {
     accepted_connections: AtomicUsize,
     /// The request headers of the last Check.
     last_metadata: Mutex<Option<tonic::metadata::MetadataMap>>,
+    /// Woken on every status change, for Watch streams.
+    changed: tokio::sync::Notify,
+    /// Watch calls received, and how many are open now.
+    watches: AtomicU64,
+    open_watches: AtomicUsize,
+    /// Answer Watch with UNIMPLEMENTED, as a server without it does.
+    no_watch: std::sync::atomic::AtomicBool,
+    /// The backend is being dropped: Watch streams end (a graceful server shutdown would
+    /// otherwise wait for them forever).
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Clone)]
@@ -67,11 +77,50 @@ impl Health for Service {
     type WatchStream =
         Pin<Box<dyn tokio_stream::Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
 
+    /// The status at once, then every change; an unknown service is SERVICE_UNKNOWN (the
+    /// stream stays open, as the protocol says).
     async fn watch(
         &self,
-        _request: Request<HealthCheckRequest>,
+        request: Request<HealthCheckRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        Err(Status::unimplemented("watch is not served by this backend"))
+        if self.0.no_watch.load(Ordering::Relaxed) {
+            return Err(Status::unimplemented("watch is not served by this backend"));
+        }
+        self.0.watches.fetch_add(1, Ordering::Relaxed);
+        let service = request.into_inner().service;
+        let shared = Arc::clone(&self.0);
+        let (sender, receiver) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            shared.open_watches.fetch_add(1, Ordering::Relaxed);
+            let mut last = None;
+            while !shared.stopping.load(Ordering::Relaxed) {
+                let changed = shared.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                let now = shared
+                    .statuses
+                    .lock()
+                    .unwrap()
+                    .get(&service)
+                    .copied()
+                    .unwrap_or(ServingStatus::ServiceUnknown);
+                if last != Some(now) {
+                    let message = HealthCheckResponse { status: now as i32 };
+                    if sender.send(Ok(message)).await.is_err() {
+                        break;
+                    }
+                    last = Some(now);
+                }
+                tokio::select! {
+                    _ = changed => {}
+                    _ = sender.closed() => break,
+                }
+            }
+            shared.open_watches.fetch_sub(1, Ordering::Relaxed);
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
     }
 }
 
@@ -80,6 +129,13 @@ pub struct HealthBackend {
     pub addr: SocketAddr,
     shared: Arc<Shared>,
     _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Drop for HealthBackend {
+    fn drop(&mut self) {
+        self.shared.stopping.store(true, Ordering::Relaxed);
+        self.shared.changed.notify_waiters();
+    }
 }
 
 impl HealthBackend {
@@ -147,18 +203,35 @@ impl HealthBackend {
         self.addr.port()
     }
 
-    /// Sets a service's status ("" is the whole server).
+    /// Sets a service's status ("" is the whole server); Watch streams see it at once.
     pub fn set(&self, service: &str, status: ServingStatus) {
         self.shared
             .statuses
             .lock()
             .unwrap()
             .insert(service.to_string(), status);
+        self.shared.changed.notify_waiters();
     }
 
-    /// Makes a service unknown: Check answers NOT_FOUND.
+    /// Makes a service unknown: Check answers NOT_FOUND, Watch SERVICE_UNKNOWN.
     pub fn forget(&self, service: &str) {
         self.shared.statuses.lock().unwrap().remove(service);
+        self.shared.changed.notify_waiters();
+    }
+
+    /// Answers Watch with UNIMPLEMENTED from now on.
+    pub fn refuse_watch(&self) {
+        self.shared.no_watch.store(true, Ordering::Relaxed);
+    }
+
+    /// Watch calls received since the start.
+    pub fn watches(&self) -> u64 {
+        self.shared.watches.load(Ordering::Relaxed)
+    }
+
+    /// Watch streams open now.
+    pub fn open_watches(&self) -> usize {
+        self.shared.open_watches.load(Ordering::Relaxed)
     }
 
     /// Check calls received for one service.

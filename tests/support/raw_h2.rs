@@ -38,6 +38,8 @@ pub type Script = Arc<dyn Fn(u32, usize) -> Vec<Step> + Send + Sync>;
 pub struct RawBackend {
     pub port: u16,
     pub requests: Arc<AtomicUsize>,
+    /// RST_STREAM frames received from the client.
+    pub resets: Arc<AtomicUsize>,
     pub accepted: Arc<AtomicUsize>,
     pub open: Arc<AtomicUsize>,
     _task: AbortOnDrop,
@@ -48,24 +50,27 @@ impl RawBackend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let requests = Arc::new(AtomicUsize::new(0));
+        let resets = Arc::new(AtomicUsize::new(0));
         let accepted = Arc::new(AtomicUsize::new(0));
         let open = Arc::new(AtomicUsize::new(0));
         let counters = (
             Arc::clone(&requests),
             Arc::clone(&accepted),
             Arc::clone(&open),
+            Arc::clone(&resets),
         );
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 counters.1.fetch_add(1, Ordering::SeqCst);
                 counters.2.fetch_add(1, Ordering::SeqCst);
-                let (requests, open, script) = (
+                let (requests, open, resets, script) = (
                     Arc::clone(&counters.0),
                     Arc::clone(&counters.2),
+                    Arc::clone(&counters.3),
                     Arc::clone(&script),
                 );
                 tokio::spawn(async move {
-                    let _ = serve(stream, &requests, &script).await;
+                    let _ = serve(stream, &requests, &resets, &script).await;
                     open.fetch_sub(1, Ordering::SeqCst);
                 });
             }
@@ -73,6 +78,7 @@ impl RawBackend {
         RawBackend {
             port,
             requests,
+            resets,
             accepted,
             open,
             _task: AbortOnDrop(task),
@@ -96,6 +102,7 @@ impl RawBackend {
 async fn serve(
     mut stream: TcpStream,
     requests: &AtomicUsize,
+    resets: &AtomicUsize,
     script: &Script,
 ) -> std::io::Result<()> {
     let mut preface = [0u8; 24];
@@ -109,6 +116,9 @@ async fn serve(
         let id = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
         let mut payload = vec![0u8; length];
         stream.read_exact(&mut payload).await?;
+        if kind == RST_STREAM {
+            resets.fetch_add(1, Ordering::SeqCst);
+        }
         if kind == SETTINGS && flags & 0x1 == 0 {
             stream.write_all(&frame(SETTINGS, 0x1, 0, &[])).await?;
         }
