@@ -67,6 +67,10 @@ struct Args {
     /// random moment, and time how long the agent takes to answer the new state.
     #[arg(long)]
     detect: bool,
+    /// With --detect: the agent's modes to compare, one agent after the other on the same
+    /// farm (`poll`, `watch`, `watch-trust`).
+    #[arg(long, value_delimiter = ',', default_value = "poll,watch,watch-trust")]
+    modes: Vec<String>,
 }
 
 fn main() {
@@ -119,16 +123,47 @@ fn main() {
         return;
     }
     if args.detect {
-        client.block_on(load::warm_up(agent.addr, &lines));
-        let farm = Arc::new(farm);
-        client.block_on(detection(
-            &agent,
-            &farm,
-            &lines,
-            args.services,
-            args.interval,
-        ));
         agent.stop();
+        let farm = Arc::new(farm);
+        for mode in &args.modes {
+            let extra: &[&str] = match mode.as_str() {
+                "poll" => &["--health-mode", "poll"],
+                "watch" => &["--health-mode", "watch"],
+                "watch-trust" => &["--health-mode", "watch", "--trust-watch"],
+                other => panic!("unknown mode {other}; use poll, watch or watch-trust"),
+            };
+            let mut agent = spawn_agent_with(&args, targets, extra);
+            client.block_on(load::warm_up(agent.addr, &lines));
+            std::thread::sleep(args.interval * 2);
+            // Idle: what following the targets costs the backends and the agent.
+            let window = Duration::from_secs(20);
+            let rpcs = || {
+                farm.iter()
+                    .map(|backend| backend.total_checks() + backend.watches())
+                    .sum::<u64>()
+            };
+            let (rpcs_before, before) = (rpcs(), agent.stats());
+            std::thread::sleep(window);
+            let (rpcs_after, after) = (rpcs(), agent.stats());
+            let per_minute = 60.0 / window.as_secs_f64();
+            println!(
+                "{mode}: backend RPCs (Check + Watch) {:.1} per target per minute; agent CPU {:.1} µs per target per second; {} Watch streams open",
+                (rpcs_after - rpcs_before) as f64 / targets as f64 * per_minute,
+                (after.cpu_seconds - before.cpu_seconds) * 1e6
+                    / targets as f64
+                    / window.as_secs_f64(),
+                farm.iter().map(HealthBackend::open_watches).sum::<usize>()
+            );
+            client.block_on(detection(
+                &agent,
+                &farm,
+                &lines,
+                args.services,
+                args.interval,
+                mode,
+            ));
+            agent.stop();
+        }
         return;
     }
     let registered = Instant::now();
@@ -304,6 +339,7 @@ async fn detection(
     lines: &Arc<Vec<String>>,
     services: usize,
     interval: Duration,
+    mode: &str,
 ) {
     for (status, expect) in [(Wire::NotServing, "down"), (Wire::Serving, "up")] {
         let flips: Vec<_> = (0..lines.len())
@@ -324,7 +360,14 @@ async fn detection(
                             flipped.elapsed() < Duration::from_secs(120),
                             "never {expect}"
                         );
-                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        // Fine-grained at first, so fast detection is measured finely;
+                        // coarser later, so slow detection does not flood the agent.
+                        let pause = if flipped.elapsed() < Duration::from_millis(200) {
+                            Duration::from_millis(2)
+                        } else {
+                            Duration::from_millis(20)
+                        };
+                        tokio::time::sleep(pause).await;
                     }
                 })
             })
@@ -337,11 +380,11 @@ async fn detection(
         let at =
             |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
         println!(
-            "detection to {expect}: {} flips, p50 {} ms, p99 {} ms, max {} ms",
+            "{mode}: detection to {expect}: {} flips, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
             latencies.len(),
-            at(0.5).as_millis(),
-            at(0.99).as_millis(),
-            latencies.last().unwrap().as_millis()
+            at(0.5).as_secs_f64() * 1000.0,
+            at(0.99).as_secs_f64() * 1000.0,
+            latencies.last().unwrap().as_secs_f64() * 1000.0
         );
     }
 }
@@ -368,6 +411,11 @@ async fn start_farm(backends: usize, services: usize) -> (Vec<HealthBackend>, Ve
 
 /// Starts the agent binary for this run.
 fn spawn_agent(args: &Args, targets: usize) -> AgentProcess {
+    spawn_agent_with(args, targets, &[])
+}
+
+/// Starts the agent binary for this run, with `extra` flags.
+fn spawn_agent_with(args: &Args, targets: usize, extra: &[&str]) -> AgentProcess {
     // A cold start measures first probes only: nothing else may reach the farm.
     let interval = match args.cold {
         Some(_) => "60s".to_string(),
@@ -396,6 +444,7 @@ fn spawn_agent(args: &Args, targets: usize) -> AgentProcess {
     .map(String::from)
     .to_vec();
     flags.extend(args.agent_flags.iter().cloned());
+    flags.extend(extra.iter().map(|flag| flag.to_string()));
     if let Some(bound) = args.cold {
         flags.extend(["--max-probes-in-flight".to_string(), bound.to_string()]);
     }

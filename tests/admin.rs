@@ -107,7 +107,7 @@ async fn health_readiness_and_unknown_paths() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_and_move_with_requests_and_probes() {
     let backend = HealthBackend::start().await;
-    let agent = start_agent(&["--check-interval", "60s"]).await;
+    let agent = start_agent(&["--health-mode", "poll", "--check-interval", "60s"]).await;
     let before = metrics(&agent).await;
     for name in [
         "haproxy_grpc_agent_check_errors_total{error_type=\"stale\"}",
@@ -288,7 +288,15 @@ async fn backends_list_filters_and_one() {
 async fn delete_evicts_and_stops_polling() {
     let evicted = HealthBackend::start().await;
     let clock = HealthBackend::start().await;
-    let agent = start_agent(&["--check-interval", "50ms", "--check-jitter", "0"]).await;
+    let agent = start_agent(&[
+        "--health-mode",
+        "poll",
+        "--check-interval",
+        "50ms",
+        "--check-jitter",
+        "0",
+    ])
+    .await;
     let line = line_for(evicted.port(), "");
     assert!(ask(agent.addr, &line).await.starts_with("up"));
     assert!(
@@ -336,7 +344,15 @@ async fn delete_evicts_and_stops_polling() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_probes_now_and_returns_the_new_state() {
     let backend = HealthBackend::start().await;
-    let agent = start_agent(&["--check-interval", "60s", "--fall", "1"]).await;
+    let agent = start_agent(&[
+        "--health-mode",
+        "poll",
+        "--check-interval",
+        "60s",
+        "--fall",
+        "1",
+    ])
+    .await;
     let line = line_for(backend.port(), "");
     assert!(ask(agent.addr, &line).await.starts_with("up"));
     assert_eq!(backend.checks(""), 1);

@@ -47,7 +47,15 @@ async fn a_denied_target_is_answered_down_and_never_connected_to() {
     let allowed = HealthBackend::start().await;
     let (denied_port, connections, _guard) = counting_listener().await;
     let rule = format!("127.0.0.1/32:{}", allowed.port());
-    let agent = start_agent(&["--allow-backend", &rule, "--check-interval", "50ms"]).await;
+    let agent = start_agent(&[
+        "--health-mode",
+        "poll",
+        "--allow-backend",
+        &rule,
+        "--check-interval",
+        "50ms",
+    ])
+    .await;
 
     let reply = ask(agent.addr, &line_for(allowed.port(), "")).await;
     assert!(reply.starts_with("up #SERVING"), "{reply:?}");

@@ -93,6 +93,8 @@ async fn insecure_skip_verify_accepts_any_certificate_and_name() {
 async fn metadata_and_user_agent_reach_the_backend() {
     let backend = HealthBackend::start().await;
     let agent = start_agent(&[
+        "--health-mode",
+        "poll",
         "--grpc-metadata",
         "x-api-key=s3cret",
         "--grpc-metadata",
@@ -136,6 +138,8 @@ async fn not_serving_answers_the_policy_and_serving_again_says_ready() {
     for policy in ["drain", "maint"] {
         let backend = HealthBackend::start().await;
         let agent = start_agent(&[
+            "--health-mode",
+            "poll",
             "--check-interval",
             "50ms",
             "--rise",
@@ -164,7 +168,15 @@ async fn not_serving_answers_the_policy_and_serving_again_says_ready() {
 #[tokio::test]
 async fn without_the_channel_cache_every_check_has_its_own_connection() {
     let backend = HealthBackend::start().await;
-    let agent = start_agent(&["--check-interval", "50ms", "--grpc-channel-cache", "false"]).await;
+    let agent = start_agent(&[
+        "--health-mode",
+        "poll",
+        "--check-interval",
+        "50ms",
+        "--grpc-channel-cache",
+        "false",
+    ])
+    .await;
     let line = line_for(backend.port(), "");
     assert!(ask(agent.addr, &line).await.starts_with("up #SERVING"));
     eventually(Duration::from_secs(5), "four checks", || async {
@@ -178,7 +190,7 @@ async fn without_the_channel_cache_every_check_has_its_own_connection() {
     );
 
     let cached = HealthBackend::start().await;
-    let agent = start_agent(&["--check-interval", "50ms"]).await;
+    let agent = start_agent(&["--health-mode", "poll", "--check-interval", "50ms"]).await;
     assert!(
         ask(agent.addr, &line_for(cached.port(), ""))
             .await

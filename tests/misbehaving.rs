@@ -17,7 +17,10 @@ const CONNECT: Duration = Duration::from_millis(300);
 const RPC: Duration = Duration::from_millis(500);
 
 async fn agent(extra: &[&str]) -> Agent {
+    // The Check path: every case is a Check's answer (Watch answers share the parsing).
     let mut flags = vec![
+        "--health-mode",
+        "poll",
         "--check-interval",
         "100ms",
         "--grpc-connect-timeout",

@@ -108,7 +108,7 @@ async fn services_known_and_unknown() {
     let backend = HealthBackend::start().await;
     backend.set("shop.Cart", Wire::Serving);
     backend.set("shop.Payments", Wire::NotServing);
-    let agent = start_agent(&[]).await;
+    let agent = start_agent(&["--health-mode", "poll"]).await;
     let port = backend.port();
     assert!(
         ask(agent.addr, &line_for(port, "shop.Cart"))
@@ -173,6 +173,8 @@ async fn concurrent_first_requests_share_one_probe() {
     // A long interval: any second Check in this test would be a duplicate first probe.
     // A generous miss timeout: this test is about sharing, not about timing.
     let agent = start_agent(&[
+        "--health-mode",
+        "poll",
         "--check-interval",
         "60s",
         "--miss-timeout",
@@ -201,7 +203,15 @@ async fn concurrent_first_requests_share_one_probe() {
 #[tokio::test]
 async fn idle_target_is_evicted_and_no_longer_probed() {
     let backend = HealthBackend::start().await;
-    let agent = start_agent(&["--check-interval", "50ms", "--idle-ttl", "300ms"]).await;
+    let agent = start_agent(&[
+        "--health-mode",
+        "poll",
+        "--check-interval",
+        "50ms",
+        "--idle-ttl",
+        "300ms",
+    ])
+    .await;
     assert!(
         ask(agent.addr, &line_for(backend.port(), ""))
             .await

@@ -13,12 +13,14 @@ use support::*;
 async fn live_settings_apply_and_targets_keep_their_state() {
     let backend = HealthBackend::start().await;
     backend.set("", Wire::NotServing);
-    let mut agent =
-        FileAgent::start("not_serving_reply = \"down\"\ncheck_interval = \"60s\"\n").await;
+    let mut agent = FileAgent::start(
+        "health_mode = \"poll\"\nnot_serving_reply = \"down\"\ncheck_interval = \"60s\"\n",
+    )
+    .await;
     let line = line_for(backend.port(), "");
     assert_eq!(ask(agent.agent.addr, &line).await, "down #NOT_SERVING\n");
     let report = agent
-        .reload("not_serving_reply = \"drain\"\ncheck_interval = \"60s\"\nmax_connections = 10\n")
+        .reload("health_mode = \"poll\"\nnot_serving_reply = \"drain\"\ncheck_interval = \"60s\"\nmax_connections = 10\n")
         .unwrap();
     assert_eq!(report.applied, ["not_serving_reply"]);
     assert_eq!(report.needs_restart, ["max_connections"]);
@@ -31,12 +33,14 @@ async fn live_settings_apply_and_targets_keep_their_state() {
 #[tokio::test]
 async fn a_waiting_poller_picks_up_a_new_interval() {
     let backend = HealthBackend::start().await;
-    let mut agent = FileAgent::start("check_interval = \"60s\"\n").await;
+    let mut agent = FileAgent::start("health_mode = \"poll\"\ncheck_interval = \"60s\"\n").await;
     let line = line_for(backend.port(), "");
     assert!(ask(agent.agent.addr, &line).await.starts_with("up"));
     assert_eq!(backend.checks(""), 1);
     // The poller is waiting out 60 s; the reload re-plans that wait with 50 ms.
-    agent.reload("check_interval = \"50ms\"\n").unwrap();
+    agent
+        .reload("health_mode = \"poll\"\ncheck_interval = \"50ms\"\n")
+        .unwrap();
     eventually(
         Duration::from_secs(5),
         "the target is probed every 50 ms",
@@ -119,13 +123,13 @@ async fn requests_during_reloads_all_get_correct_answers() {
 async fn a_reloaded_allowlist_stops_probes_of_targets_it_now_denies() {
     let denied = HealthBackend::start().await;
     let kept = HealthBackend::start().await;
-    let mut agent = FileAgent::start("check_interval = \"50ms\"\n").await;
+    let mut agent = FileAgent::start("health_mode = \"poll\"\ncheck_interval = \"50ms\"\n").await;
     let (denied_line, kept_line) = (line_for(denied.port(), ""), line_for(kept.port(), ""));
     assert!(ask(agent.agent.addr, &denied_line).await.starts_with("up"));
     assert!(ask(agent.agent.addr, &kept_line).await.starts_with("up"));
     let report = agent
         .reload(&format!(
-            "check_interval = \"50ms\"\nallow_backends = [\"127.0.0.1:{}\"]\n",
+            "health_mode = \"poll\"\ncheck_interval = \"50ms\"\nallow_backends = [\"127.0.0.1:{}\"]\n",
             kept.port()
         ))
         .unwrap();

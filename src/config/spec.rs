@@ -258,7 +258,7 @@ pub const SETTINGS: &[Spec] = &[
     ),
     spec(
         "health_mode",
-        Some("poll"),
+        Some("watch"),
         "poll|watch",
         Live,
         "poll: a Check every interval; watch: a Health/Watch stream per target, with a Check every liveness_interval (a backend without Watch is polled)",

@@ -32,7 +32,7 @@ struct Shared {
     total_checks: AtomicU64,
     open_connections: AtomicUsize,
     accepted_connections: AtomicUsize,
-    /// The request headers of the last Check.
+    /// The request headers of the last Check or Watch.
     last_metadata: Mutex<Option<tonic::metadata::MetadataMap>>,
     /// Woken on every status change, for Watch streams.
     changed: tokio::sync::Notify,
@@ -87,6 +87,7 @@ impl Health for Service {
             return Err(Status::unimplemented("watch is not served by this backend"));
         }
         self.0.watches.fetch_add(1, Ordering::Relaxed);
+        *self.0.last_metadata.lock().unwrap() = Some(request.metadata().clone());
         let service = request.into_inner().service;
         let shared = Arc::clone(&self.0);
         let (sender, receiver) = tokio::sync::mpsc::channel(16);
@@ -250,7 +251,7 @@ impl HealthBackend {
         self.shared.total_checks.load(Ordering::Relaxed)
     }
 
-    /// A request header of the last Check, if it had one.
+    /// A request header of the last Check or Watch, if it had one.
     pub fn last_header(&self, name: &str) -> Option<String> {
         let metadata = self.shared.last_metadata.lock().unwrap();
         let value = metadata.as_ref()?.get(name)?;
