@@ -18,7 +18,7 @@ echo "== 4. 50k and 100k targets at 10 s"
 "$scale" --backends 1000 --services 100 --interval 10s --window 20s
 echo "== 5. cold start: 1000 unseen targets at once"
 "$scale" --backends 1000 --services 1 --cold 64
-echo "== 6. detection latency, default interval and rise/fall"
+echo "== 6. detection latency, default interval and rise/fall: poll, watch, watch with --trust-watch"
 "$scale" --backends 200 --services 1 --interval 2s --detect
 echo "== 7. seed limits: start-up, RSS at 100 requests/s"
 "$scale" --backends 100 --services 1 --interval 2s --window 10s --rate 100

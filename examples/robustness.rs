@@ -431,7 +431,9 @@ async fn restart(
         Duration::from_secs(8),
     ));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let checks_before: Vec<u64> = farm.iter().map(|backend| backend.checks("bench")).collect();
+    // A probe is a Check or a Watch (the agent watches by default).
+    let probes = |backend: &HealthBackend| backend.checks("bench") + backend.watches();
+    let checks_before: Vec<u64> = farm.iter().map(probes).collect();
     let killed = Instant::now();
     agent.kill();
     let mut with_port = common.to_vec();
@@ -479,7 +481,7 @@ async fn restart(
     let once = farm
         .iter()
         .zip(&checks_before)
-        .filter(|(backend, before)| backend.checks("bench") == *before + 1)
+        .filter(|(backend, before)| probes(backend) == *before + 1)
         .count();
     println!(
         "cold start after the restart: {} targets asked at once, {up} up in {:.0} ms (p50 {} ms, max {} ms; miss timeout 2000 ms), {} other: {:?}",
@@ -491,7 +493,7 @@ async fn restart(
         other.iter().take(3).collect::<Vec<_>>()
     );
     println!(
-        "probes per target since the kill: exactly one for {once} of {} targets",
+        "probes (Check or Watch) per target since the kill: exactly one for {once} of {} targets",
         farm.len()
     );
     println!(
