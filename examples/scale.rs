@@ -410,9 +410,19 @@ async fn start_farm(backends: usize, services: usize) -> (Vec<HealthBackend>, Ve
 }
 
 /// Starts the agent binary for this run. The windows and the cold start measure polling
-/// (Check RPCs are what the farm counts); `--detect` compares the modes.
+/// (Check RPCs are what the farm counts) unless `--agent-flag=--health-mode=...` says
+/// otherwise; `--detect` compares the modes.
 fn spawn_agent(args: &Args, targets: usize) -> AgentProcess {
-    spawn_agent_with(args, targets, &["--health-mode", "poll"])
+    let chosen = args
+        .agent_flags
+        .iter()
+        .any(|flag| flag.starts_with("--health-mode"));
+    let mode: &[&str] = if chosen {
+        &[]
+    } else {
+        &["--health-mode", "poll"]
+    };
+    spawn_agent_with(args, targets, mode)
 }
 
 /// Starts the agent binary for this run, with `extra` flags.
