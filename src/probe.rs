@@ -1,4 +1,4 @@
-//! Asking a backend `grpc.health.v1.Health/Check`: the [`Probe`] seam and its gRPC
+//! Asking a backend `grpc.health.v1.Health` (Check, and Watch streams): the [`Probe`] seam
 //! implementation. This is the only module that speaks gRPC.
 
 mod connect;

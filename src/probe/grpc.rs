@@ -1,6 +1,6 @@
 //! The implementation of [`Probe`]: one lazily connected HTTP/2 connection per backend
 //! endpoint (host, port, tls, authority), shared by every service checked on it, with TLS
-//! by rustls. The calls themselves are in [`super::h2`].
+//! by rustls. The calls themselves are in [`super::http2`] (framing in [`super::frames`]).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
