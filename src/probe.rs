@@ -1,5 +1,5 @@
 //! Asking a backend `grpc.health.v1.Health` (Check, and Watch streams): the [`Probe`] seam
-//! implementation. This is the only module that speaks gRPC.
+//! and its implementation. This is the only module that speaks gRPC.
 
 mod connect;
 mod frames;
