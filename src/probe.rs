@@ -156,6 +156,13 @@ impl std::fmt::Display for ServingStatus {
     }
 }
 
+impl ProbeError {
+    /// A transport failure with a fixed reason.
+    pub fn transport(reason: &str) -> ProbeError {
+        ProbeError::Transport(reason.to_string())
+    }
+}
+
 /// Why a check failed. The `Display` text is the reason HAProxy shows, so it stays short.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ProbeError {

@@ -370,10 +370,10 @@ impl Answer {
             match status {
                 Some(status) if (100..200).contains(&status) && !end_stream => return Ok(()),
                 Some(status) => self.status = Some(status),
-                None => return Err(transport("answer without :status")),
+                None => return Err(ProbeError::transport("answer without :status")),
             }
         } else if !end_stream {
-            return Err(transport("trailers without end of stream"));
+            return Err(ProbeError::transport("trailers without end of stream"));
         }
         self.blocks += 1;
         Ok(())
@@ -382,13 +382,13 @@ impl Answer {
     /// Message bytes (DATA); bounded by [`MAX_MESSAGE`].
     pub fn data(&mut self, bytes: &[u8]) -> Result<(), ProbeError> {
         if self.blocks == 0 {
-            return Err(transport("data before headers"));
+            return Err(ProbeError::transport("data before headers"));
         }
         if self.blocks > 1 {
-            return Err(transport("data after trailers"));
+            return Err(ProbeError::transport("data after trailers"));
         }
         if self.message.len() + bytes.len() > MAX_MESSAGE {
-            return Err(transport("health answer too large"));
+            return Err(ProbeError::transport("health answer too large"));
         }
         self.message.extend_from_slice(bytes);
         Ok(())
@@ -398,7 +398,7 @@ impl Answer {
     pub fn head_error(&self) -> Option<ProbeError> {
         let grpc = self.grpc_status.as_deref().map(parse_grpc_status);
         match self.status {
-            None => return Some(transport("answer without headers")),
+            None => return Some(ProbeError::transport("answer without headers")),
             Some(200) => {}
             Some(status) => {
                 let grpc = match grpc {
@@ -409,7 +409,7 @@ impl Answer {
             }
         }
         match self.content_type.as_deref() {
-            None => Some(transport("answer without content-type")),
+            None => Some(ProbeError::transport("answer without content-type")),
             Some(kind) if !is_grpc_content_type(kind) => Some(ProbeError::Transport(format!(
                 "content-type {kind:?} is not grpc"
             ))),
@@ -421,7 +421,7 @@ impl Answer {
     /// headers were fine), in order; each message is bounded by [`MAX_MESSAGE`].
     pub fn watch_data(&mut self, bytes: &[u8]) -> Result<Vec<ServingStatus>, ProbeError> {
         if self.blocks != 1 {
-            return Err(transport("data outside the stream's body"));
+            return Err(ProbeError::transport("data outside the stream's body"));
         }
         self.message.extend_from_slice(bytes);
         let mut statuses = Vec::new();
@@ -429,7 +429,7 @@ impl Answer {
             let length =
                 u32::from_be_bytes(self.message[1..5].try_into().expect("four bytes")) as usize;
             if length > MAX_MESSAGE {
-                return Err(transport("health answer too large"));
+                return Err(ProbeError::transport("health answer too large"));
             }
             if self.message.len() < 5 + length {
                 break;
@@ -449,9 +449,9 @@ impl Answer {
             return error;
         }
         match self.grpc_status.as_deref().map(parse_grpc_status) {
-            None => transport("watch ended without grpc-status"),
-            Some(None) => transport("unparsable grpc-status"),
-            Some(Some(0)) => transport("watch ended by the backend"),
+            None => ProbeError::transport("watch ended without grpc-status"),
+            Some(None) => ProbeError::transport("unparsable grpc-status"),
+            Some(Some(0)) => ProbeError::transport("watch ended by the backend"),
             Some(Some(code)) => ProbeError::Status {
                 code: grpc_code_name(code).into_owned(),
                 message: self.grpc_message.unwrap_or_default(),
@@ -472,9 +472,9 @@ impl Answer {
                     (1, false) => "no trailers after the message",
                     _ => "trailers without grpc-status",
                 };
-                return Outcome::Failed(transport(reason));
+                return Outcome::Failed(ProbeError::transport(reason));
             }
-            Some(None) => return Outcome::Failed(transport("unparsable grpc-status")),
+            Some(None) => return Outcome::Failed(ProbeError::transport("unparsable grpc-status")),
             Some(Some(code)) => code,
         };
         if code != 0 {
@@ -485,10 +485,6 @@ impl Answer {
         }
         decode_message(&mut self.message)
     }
-}
-
-fn transport(reason: &str) -> ProbeError {
-    ProbeError::Transport(reason.to_string())
 }
 
 fn is_grpc_content_type(value: &str) -> bool {
@@ -551,21 +547,21 @@ pub fn grpc_code_name(code: u32) -> Cow<'static, str> {
 /// The one length-prefixed HealthCheckResponse of an OK answer.
 fn decode_message(message: &mut BytesMut) -> Outcome {
     if message.is_empty() {
-        return Outcome::Failed(transport("no health message in the answer"));
+        return Outcome::Failed(ProbeError::transport("no health message in the answer"));
     }
     if message.len() < 5 {
-        return Outcome::Failed(transport("truncated health message"));
+        return Outcome::Failed(ProbeError::transport("truncated health message"));
     }
     let compressed = message.get_u8();
     let length = message.get_u32() as usize;
     if compressed != 0 {
-        return Outcome::Failed(transport("compressed health message"));
+        return Outcome::Failed(ProbeError::transport("compressed health message"));
     }
     if message.len() < length {
-        return Outcome::Failed(transport("truncated health message"));
+        return Outcome::Failed(ProbeError::transport("truncated health message"));
     }
     if message.len() > length {
-        return Outcome::Failed(transport("more than one message in the answer"));
+        return Outcome::Failed(ProbeError::transport("more than one message in the answer"));
     }
     match HealthCheckResponse::decode(message.as_ref()) {
         Ok(response) => Outcome::Answered(ServingStatus::from_wire(response.status)),

@@ -5,6 +5,7 @@
 //! the check waiting for it.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -67,33 +68,32 @@ impl Connection {
     /// the RPC timeout). A call the backend never processed (the connection went away
     /// first, GOAWAY, REFUSED_STREAM) is made once more on a new connection.
     pub async fn check(&self, prepared: &Prepared) -> Outcome {
-        let timeouts = **self.timeouts.load();
-        let mut retried = false;
-        loop {
-            let (live, fresh) = match self.live(timeouts).await {
-                Ok(live) => live,
-                Err(error) => return Outcome::Failed(error),
-            };
-            match live.call(prepared, timeouts.rpc).await {
-                Ok(outcome) => return outcome,
-                Err(End::Unprocessed(_)) if !fresh && !retried => retried = true,
-                Err(End::Unprocessed(error) | End::Failed(error)) => {
-                    return Outcome::Failed(error);
-                }
-            }
-        }
+        self.on_live(|live, rpc| async move { live.call(prepared, rpc).await })
+            .await
+            .unwrap_or_else(Outcome::Failed)
     }
 
     /// Opens a Watch stream (within the RPC timeout once connected); statuses then arrive
     /// on the stream as the backend sends them. Like a Check, an open the backend never
     /// processed is made once more on a new connection.
     pub async fn watch(&self, prepared: &Prepared) -> Result<WatchStream, ProbeError> {
+        self.on_live(|live, rpc| async move { live.open_watch(prepared, rpc).await })
+            .await
+    }
+
+    /// Runs `call` on the usable connection (connecting first if needed), and once more on
+    /// a new connection if the backend cannot have processed it on a reused one.
+    async fn on_live<T, F, Fut>(&self, call: F) -> Result<T, ProbeError>
+    where
+        F: Fn(Arc<Live>, Duration) -> Fut,
+        Fut: Future<Output = Result<T, End>>,
+    {
         let timeouts = **self.timeouts.load();
         let mut retried = false;
         loop {
             let (live, fresh) = self.live(timeouts).await?;
-            match live.open_watch(prepared, timeouts.rpc).await {
-                Ok(stream) => return Ok(stream),
+            match call(live, timeouts.rpc).await {
+                Ok(done) => return Ok(done),
                 Err(End::Unprocessed(_)) if !fresh && !retried => retried = true,
                 Err(End::Unprocessed(error) | End::Failed(error)) => return Err(error),
             }
@@ -262,7 +262,7 @@ impl Pending {
                 let error = match end {
                     Ok(Outcome::Failed(error))
                     | Err(End::Failed(error) | End::Unprocessed(error)) => error,
-                    Ok(Outcome::Answered(_)) => transport("watch ended by the backend"),
+                    Ok(Outcome::Answered(_)) => ProbeError::transport("watch ended by the backend"),
                 };
                 let _ = events.try_send(WatchEvent::Ended(error));
             }
@@ -280,6 +280,26 @@ impl State {
             }
             None => false,
         }
+    }
+}
+
+/// Armed while a call's frames are being written; dropped armed, the write did not finish.
+struct Writing<'a> {
+    live: &'a Live,
+    stream: u32,
+    finished: bool,
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let mut state = self.live.state();
+        state.streams.remove(&self.stream);
+        state
+            .unusable
+            .get_or_insert_with(|| ProbeError::transport("a write to the backend was cut off"));
     }
 }
 
@@ -310,7 +330,7 @@ impl Live {
                 .map_err(|_| timeout())??;
         match tokio::time::timeout_at(deadline, answer).await {
             Ok(Ok(end)) => end,
-            Ok(Err(_)) => Err(End::Failed(transport("connection closed"))),
+            Ok(Err(_)) => Err(End::Failed(ProbeError::transport("connection closed"))),
             Err(_) => {
                 self.cancel(stream);
                 Err(timeout())
@@ -350,14 +370,15 @@ impl Live {
                         return Err(End::Unprocessed(error.clone()));
                     }
                     if body > state.stream_window {
-                        return Err(End::Failed(transport(
+                        return Err(End::Failed(ProbeError::transport(
                             "the backend's flow-control window is smaller than a check",
                         )));
                     }
                     if state.streams.len() < state.max_streams && state.send_window >= body {
                         let stream = state.next_stream;
                         if stream >= frames::MAX_STREAM_ID - 1 {
-                            state.unusable = Some(transport("http/2 stream ids used up"));
+                            state.unusable =
+                                Some(ProbeError::transport("http/2 stream ids used up"));
                         }
                         state.next_stream += 2;
                         state.send_window -= body;
@@ -375,11 +396,20 @@ impl Live {
                     }
                 };
                 if let Some(stream) = opened {
+                    // Until the frames are all written, a failed or abandoned write (the
+                    // deadline passed) leaves half a frame behind: forget the stream and
+                    // take no new call on this connection.
+                    let mut writing = Writing {
+                        live: self,
+                        stream,
+                        finished: false,
+                    };
                     if let Err(error) = write_flush(io, buffer).await {
-                        let error = transport(&format!("write: {error}"));
-                        self.state().streams.remove(&stream);
-                        return Err(End::Failed(error));
+                        return Err(End::Failed(ProbeError::transport(&format!(
+                            "write: {error}"
+                        ))));
                     }
+                    writing.finished = true;
                     return Ok(stream);
                 }
             }
@@ -443,10 +473,6 @@ async fn write_flush(io: &mut Writer, bytes: &[u8]) -> std::io::Result<()> {
     io.flush().await
 }
 
-fn transport(reason: &str) -> ProbeError {
-    ProbeError::Transport(reason.to_string())
-}
-
 /// Reads and handles frames until the connection ends, then ends every waiting call.
 async fn read_loop(mut io: Reader, live: Arc<Live>) {
     let mut reader = FrameReader {
@@ -463,13 +489,15 @@ async fn read_loop(mut io: Reader, live: Arc<Live>) {
     let end = loop {
         let read = tokio::select! {
             biased;
-            _ = &mut stopped => break transport("connection closed"),
+            _ = &mut stopped => break ProbeError::transport("connection closed"),
             read = io.read_buf(&mut input) => read,
         };
         match read {
-            Ok(0) if reader.settled => break transport("connection closed by backend"),
-            Ok(0) => break transport("connection closed by backend before http/2 settings"),
-            Err(error) => break transport(&format!("read: {error}")),
+            Ok(0) if reader.settled => break ProbeError::transport("connection closed by backend"),
+            Ok(0) => {
+                break ProbeError::transport("connection closed by backend before http/2 settings");
+            }
+            Err(error) => break ProbeError::transport(&format!("read: {error}")),
             Ok(_) => {}
         }
         let handled = reader.frames(&mut input, &live, &mut out);
@@ -489,8 +517,8 @@ async fn read_loop(mut io: Reader, live: Arc<Live>) {
             if handled.is_ok() {
                 match written {
                     Ok(Ok(())) => {}
-                    Ok(Err(error)) => break transport(&format!("write: {error}")),
-                    Err(_) => break transport("backend stopped reading"),
+                    Ok(Err(error)) => break ProbeError::transport(&format!("write: {error}")),
+                    Err(_) => break ProbeError::transport("backend stopped reading"),
                 }
             }
         }
@@ -535,7 +563,7 @@ type ConnectionError = (ProbeError, u32);
 
 fn protocol(reason: &str) -> ConnectionError {
     (
-        transport(&format!("http/2 protocol error: {reason}")),
+        ProbeError::transport(&format!("http/2 protocol error: {reason}")),
         code::PROTOCOL_ERROR,
     )
 }
@@ -551,7 +579,7 @@ impl FrameReader {
         loop {
             if !self.settled && input.starts_with(b"HTTP/") {
                 return Err((
-                    transport("backend answered HTTP/1.x, not HTTP/2"),
+                    ProbeError::transport("backend answered HTTP/1.x, not HTTP/2"),
                     code::PROTOCOL_ERROR,
                 ));
             }
@@ -562,7 +590,7 @@ impl FrameReader {
             if !self.settled {
                 if header.kind != kind::SETTINGS || header.has(flag::ACK) {
                     return Err((
-                        transport(
+                        ProbeError::transport(
                             "backend does not speak HTTP/2 (its first frame is not SETTINGS)",
                         ),
                         code::PROTOCOL_ERROR,
@@ -572,7 +600,7 @@ impl FrameReader {
             }
             if header.length > MAX_FRAME_SIZE {
                 return Err((
-                    transport(&format!(
+                    ProbeError::transport(&format!(
                         "http/2 frame of {} bytes exceeds {MAX_FRAME_SIZE}",
                         header.length
                     )),
@@ -630,7 +658,7 @@ impl FrameReader {
                 };
                 if continuation.block.len() + payload.len() > frames::MAX_HEADER_BLOCK {
                     return Err((
-                        transport("http/2 header block too large"),
+                        ProbeError::transport("http/2 header block too large"),
                         code::PROTOCOL_ERROR,
                     ));
                 }
@@ -646,7 +674,7 @@ impl FrameReader {
                     return Err(protocol("malformed RST_STREAM"));
                 }
                 let error = u32::from_be_bytes(payload.try_into().expect("four bytes"));
-                let reason = transport(&format!(
+                let reason = ProbeError::transport(&format!(
                     "stream reset by backend ({})",
                     frames::code_name(error)
                 ));
@@ -662,7 +690,10 @@ impl FrameReader {
             kind::PUSH_PROMISE => Err(protocol("PUSH_PROMISE though push is disabled")),
             kind::PING => {
                 if header.stream != 0 || payload.len() != 8 {
-                    return Err((transport("http/2: malformed PING"), code::FRAME_SIZE_ERROR));
+                    return Err((
+                        ProbeError::transport("http/2: malformed PING"),
+                        code::FRAME_SIZE_ERROR,
+                    ));
                 }
                 if !header.has(flag::ACK) {
                     frames::put_ping_ack(out, payload);
@@ -680,7 +711,7 @@ impl FrameReader {
                     .chars()
                     .filter(|c| !c.is_control())
                     .collect::<String>();
-                let reason = transport(&if debug.is_empty() {
+                let reason = ProbeError::transport(&if debug.is_empty() {
                     format!("backend sent GOAWAY ({})", frames::code_name(error))
                 } else {
                     format!(
@@ -705,7 +736,7 @@ impl FrameReader {
             kind::WINDOW_UPDATE => {
                 if payload.len() != 4 {
                     return Err((
-                        transport("http/2: malformed WINDOW_UPDATE"),
+                        ProbeError::transport("http/2: malformed WINDOW_UPDATE"),
                         code::FRAME_SIZE_ERROR,
                     ));
                 }
@@ -719,7 +750,9 @@ impl FrameReader {
                     state.send_window += increment;
                     if state.send_window > frames::MAX_WINDOW {
                         return Err((
-                            transport("http/2: backend overflowed the flow-control window"),
+                            ProbeError::transport(
+                                "http/2: backend overflowed the flow-control window",
+                            ),
                             code::FLOW_CONTROL_ERROR,
                         ));
                     }
@@ -774,7 +807,7 @@ impl FrameReader {
                 let delivered = pending.answer.watch_data(data).and_then(|statuses| {
                     statuses.into_iter().try_for_each(|status| {
                         events.try_send(WatchEvent::Status(status)).map_err(|_| {
-                            transport("watch messages arrive faster than they are read")
+                            ProbeError::transport("watch messages arrive faster than they are read")
                         })
                     })
                 });
@@ -817,7 +850,7 @@ impl FrameReader {
             })
             .map_err(|error| {
                 (
-                    transport(&format!("http/2 header compression: {error}")),
+                    ProbeError::transport(&format!("http/2 header compression: {error}")),
                     code::COMPRESSION_ERROR,
                 )
             })?;
@@ -866,14 +899,14 @@ impl FrameReader {
                 Ok(())
             } else {
                 Err((
-                    transport("http/2: malformed SETTINGS ack"),
+                    ProbeError::transport("http/2: malformed SETTINGS ack"),
                     code::FRAME_SIZE_ERROR,
                 ))
             };
         }
         if !payload.len().is_multiple_of(6) {
             return Err((
-                transport("http/2: malformed SETTINGS"),
+                ProbeError::transport("http/2: malformed SETTINGS"),
                 code::FRAME_SIZE_ERROR,
             ));
         }
@@ -886,7 +919,7 @@ impl FrameReader {
                 0x4 => {
                     if value as i64 > frames::MAX_WINDOW {
                         return Err((
-                            transport("http/2: initial window size too large"),
+                            ProbeError::transport("http/2: initial window size too large"),
                             code::FLOW_CONTROL_ERROR,
                         ));
                     }
