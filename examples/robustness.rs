@@ -13,6 +13,8 @@
 mod agent_process;
 #[path = "../tests/support/backend.rs"]
 mod backend;
+#[path = "support/farm.rs"]
+mod farm;
 #[path = "../tests/support/http.rs"]
 mod http;
 #[path = "../tests/support/load.rs"]
@@ -91,7 +93,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let (farm, lines) = farm_runtime.block_on(start_farm(args.targets));
+    let (farm, lines) = farm_runtime.block_on(farm::start_farm(args.targets, 1));
     let lines = Arc::new(lines);
     println!("farm: {} backends, one target each", args.targets);
     match args.run {
@@ -117,21 +119,6 @@ fn main() {
             client.block_on(soak(&args.agent, farm, &lines, args.rate, duration))
         }
     }
-}
-
-async fn start_farm(count: usize) -> (Vec<HealthBackend>, Vec<String>) {
-    let mut farm = Vec::with_capacity(count);
-    let mut lines = Vec::with_capacity(count);
-    for _ in 0..count {
-        let backend = HealthBackend::start().await;
-        backend.set("bench", Wire::Serving);
-        lines.push(format!(
-            "127.0.0.1 {} no-ssl localhost bench\n",
-            backend.port()
-        ));
-        farm.push(backend);
-    }
-    (farm, lines)
 }
 
 fn flags(extra: &[&str]) -> Vec<String> {
@@ -432,7 +419,7 @@ async fn restart(
     ));
     tokio::time::sleep(Duration::from_secs(2)).await;
     // A probe is a Check or a Watch (the agent watches by default).
-    let probes = |backend: &HealthBackend| backend.checks("bench") + backend.watches();
+    let probes = |backend: &HealthBackend| backend.checks(&farm::service(0)) + backend.watches();
     let checks_before: Vec<u64> = farm.iter().map(probes).collect();
     let killed = Instant::now();
     agent.kill();
@@ -539,11 +526,11 @@ async fn soak(
             let mut flips = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let index = fastrand::usize(..farm.len());
-                farm[index].set("bench", Wire::NotServing);
+                farm[index].set(&farm::service(0), Wire::NotServing);
                 let farm = Arc::clone(&farm);
                 tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_secs(3)).await;
-                    farm[index].set("bench", Wire::Serving);
+                    farm[index].set(&farm::service(0), Wire::Serving);
                 });
                 flips += 1;
                 tokio::time::sleep(Duration::from_millis(200)).await;

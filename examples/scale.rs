@@ -17,6 +17,8 @@
 mod agent_process;
 #[path = "../tests/support/backend.rs"]
 mod backend;
+#[path = "support/farm.rs"]
+mod farm;
 #[path = "../tests/support/http.rs"]
 mod http;
 #[path = "../tests/support/load.rs"]
@@ -89,7 +91,7 @@ fn main() {
         .build()
         .unwrap();
     let started = Instant::now();
-    let (farm, lines) = farm_runtime.block_on(start_farm(args.backends, args.services));
+    let (farm, lines) = farm_runtime.block_on(farm::start_farm(args.backends, args.services));
     println!(
         "farm: {} backends x {} services = {targets} targets, up in {:.1}s",
         args.backends,
@@ -312,7 +314,7 @@ async fn cold_start(
     latencies.sort();
     let per_target: Vec<u64> = farm
         .iter()
-        .flat_map(|backend| (0..services).map(move |s| backend.checks(&format!("bench.S{s}"))))
+        .flat_map(|backend| (0..services).map(move |s| backend.checks(&farm::service(s))))
         .collect();
     let once = per_target.iter().filter(|&&checks| checks == 1).count();
     println!(
@@ -348,7 +350,7 @@ async fn detection(
                 let addr = agent.addr;
                 tokio::spawn(async move {
                     tokio::time::sleep(interval.mul_f64(fastrand::f64())).await;
-                    let service = format!("bench.S{}", index % services);
+                    let service = farm::service(index % services);
                     farm[index / services].set(&service, status);
                     let flipped = Instant::now();
                     loop {
@@ -387,26 +389,6 @@ async fn detection(
             latencies.last().unwrap().as_secs_f64() * 1000.0
         );
     }
-}
-
-/// The farm: `backends` tonic health servers on 127.0.0.1, each serving `services`
-/// services, all SERVING. Returns them and one agent line per target.
-async fn start_farm(backends: usize, services: usize) -> (Vec<HealthBackend>, Vec<String>) {
-    let mut farm = Vec::with_capacity(backends);
-    let mut lines = Vec::with_capacity(backends * services);
-    for _ in 0..backends {
-        let backend = HealthBackend::start().await;
-        for service in 0..services {
-            let name = format!("bench.S{service}");
-            backend.set(&name, Wire::Serving);
-            lines.push(format!(
-                "127.0.0.1 {} no-ssl localhost {name}\n",
-                backend.port()
-            ));
-        }
-        farm.push(backend);
-    }
-    (farm, lines)
 }
 
 /// Starts the agent binary for this run. The windows and the cold start measure polling
