@@ -292,6 +292,13 @@ impl Checker<'_> {
         }
     }
 
+    /// Whether no layer set `key` (its built-in default is in use).
+    fn defaulted(&self, key: &str) -> bool {
+        self.resolved
+            .get(key)
+            .is_some_and(|value| value.source == Source::Default)
+    }
+
     /// Records a broken rule between settings, blaming `key`.
     fn rule(&mut self, holds: bool, key: &str, problem: impl FnOnce() -> String) {
         if !holds {
@@ -406,10 +413,7 @@ impl Checker<'_> {
         let mut miss_timeout = miss_timeout;
         if let (Some(connect), Some(rpc), Some(miss)) = (connect_timeout, rpc_timeout, miss_timeout)
         {
-            let defaulted = self
-                .resolved
-                .get("miss_timeout")
-                .is_some_and(|v| v.source == Source::Default);
+            let defaulted = self.defaulted("miss_timeout");
             if defaulted {
                 miss_timeout = Some(miss.min(connect + rpc));
             }
@@ -436,10 +440,7 @@ impl Checker<'_> {
         // the interval; a value set on purpose must be at least the interval.
         let mut liveness_interval = liveness_interval;
         if let (Some(interval), Some(liveness)) = (interval, liveness_interval) {
-            let defaulted = self
-                .resolved
-                .get("liveness_interval")
-                .is_some_and(|v| v.source == Source::Default);
+            let defaulted = self.defaulted("liveness_interval");
             if defaulted {
                 liveness_interval = Some(liveness.max(interval));
             }
