@@ -122,6 +122,11 @@ async fn serve(
         if kind == SETTINGS && flags & 0x1 == 0 {
             stream.write_all(&frame(SETTINGS, 0x1, 0, &[])).await?;
         }
+        // Every HTTP/2 endpoint answers PING (RFC 9113 §6.7); the agent's first PING
+        // tells it the backend's SETTINGS were applied.
+        if kind == PING && flags & 0x1 == 0 {
+            stream.write_all(&frame(PING, 0x1, 0, &payload)).await?;
+        }
         if kind == DATA && flags & END_STREAM != 0 {
             let n = requests.fetch_add(1, Ordering::SeqCst);
             for step in script(id, n) {
