@@ -5,6 +5,7 @@
 //! `\r` is tolerated here). A reply is `up` or `down`, optionally followed by ` #<reason>`,
 //! and a newline.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -14,8 +15,11 @@ pub const MAX_HOST_LEN: usize = 253;
 pub const MAX_AUTHORITY_LEN: usize = MAX_HOST_LEN + 6;
 /// Longest gRPC service name accepted.
 pub const MAX_SERVICE_LEN: usize = 256;
-/// Longest reason written after `#`; HAProxy shows it in `last_agt`, so keep it short.
+/// Longest reason written after `#`, [`CUT_MARK`] included; HAProxy shows it in `last_agt`,
+/// so keep it short.
 pub const MAX_REASON_LEN: usize = 120;
+/// What ends a reason that was cut to fit [`MAX_REASON_LEN`].
+pub const CUT_MARK: &str = "...";
 /// How much of an offending word an error message quotes.
 const MAX_QUOTED_LEN: usize = 24;
 
@@ -270,21 +274,28 @@ impl Reply {
         Reply::down(format!("bad request: {error}"))
     }
 
-    /// Appends the reply line, newline included. The reason is cut to [`MAX_REASON_LEN`]
-    /// bytes and anything but printable ASCII becomes `?`, so the line stays one line.
+    /// Appends the reply line, newline included. The reason is made fit for HAProxy's
+    /// stats, in this order:
+    ///
+    /// 1. Words holding a URL (`http://` or `https://`, in any case) are removed, with the
+    ///    whitespace that led to them; some errors end with a link to their documentation,
+    ///    which in `last_agt` would only crowd out what happened.
+    /// 2. Anything but printable ASCII becomes `?`, so the line stays one line.
+    /// 3. A reason longer than [`MAX_REASON_LEN`] bytes is cut after its last whole word
+    ///    (words are separated by spaces) that leaves room for ` ...`, so no word is shown
+    ///    in part; only a first word too long for that is cut inside, with `...` right
+    ///    after it. A cut reason ends with [`CUT_MARK`] and stays within the bound.
+    ///
+    /// A reason left empty is not written, nor its `#`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(self.verdict.as_str().as_bytes());
         if self.ready {
             out.extend_from_slice(b" ready");
         }
-        if !self.reason.is_empty() {
+        let reason = without_urls(&self.reason);
+        if !reason.is_empty() {
             out.extend_from_slice(b" #");
-            out.extend(
-                self.reason
-                    .bytes()
-                    .take(MAX_REASON_LEN)
-                    .map(|b| if (0x20..0x7f).contains(&b) { b } else { b'?' }),
-            );
+            push_bounded(out, &reason);
         }
         out.push(b'\n');
     }
@@ -295,6 +306,76 @@ impl Reply {
         self.encode(&mut out);
         String::from_utf8(out).expect("encode writes ASCII only")
     }
+}
+
+/// `reason` without the words (runs of characters between whitespace) that hold a URL; the
+/// words left keep the whitespace that was between them, and none is left at either end.
+/// Borrows when there is nothing to remove, as for every reason the agent makes itself.
+fn without_urls(reason: &str) -> Cow<'_, str> {
+    if !reason.contains("://") || !reason.split_whitespace().any(is_url) {
+        return Cow::Borrowed(reason);
+    }
+    let mut kept = String::with_capacity(reason.len());
+    let mut rest = reason;
+    while !rest.is_empty() {
+        let space_len = rest.len() - rest.trim_start().len();
+        let word_len = rest[space_len..]
+            .find(char::is_whitespace)
+            .unwrap_or(rest.len() - space_len);
+        let (space, word) = rest[..space_len + word_len].split_at(space_len);
+        rest = &rest[space_len + word_len..];
+        if word.is_empty() || is_url(word) {
+            continue;
+        }
+        if !kept.is_empty() {
+            kept.push_str(space);
+        }
+        kept.push_str(word);
+    }
+    Cow::Owned(kept)
+}
+
+fn is_url(word: &str) -> bool {
+    let bytes = word.as_bytes();
+    [b"http://".as_slice(), b"https://".as_slice()]
+        .iter()
+        .any(|scheme| {
+            bytes
+                .windows(scheme.len())
+                .any(|w| w.eq_ignore_ascii_case(scheme))
+        })
+}
+
+/// Appends `reason` as printable ASCII, cut to [`MAX_REASON_LEN`] bytes at a word boundary
+/// and marked, as [`Reply::encode`] describes.
+fn push_bounded(out: &mut Vec<u8>, reason: &str) {
+    let start = out.len();
+    // One byte past the bound is enough to know the reason must be cut.
+    out.extend(
+        reason
+            .bytes()
+            .take(MAX_REASON_LEN + 1)
+            .map(|b| if (0x20..0x7f).contains(&b) { b } else { b'?' }),
+    );
+    if out.len() - start <= MAX_REASON_LEN {
+        return;
+    }
+    let shown = &out[start..];
+    // Room for the kept words, a space and the mark.
+    let room = MAX_REASON_LEN - CUT_MARK.len() - 1;
+    let whole_words = shown[..=room]
+        .iter()
+        .rposition(|&b| b == b' ')
+        .map(|space| shown[..space].trim_ascii_end().len())
+        .filter(|&len| len > 0);
+    match whole_words {
+        Some(len) => {
+            out.truncate(start + len);
+            out.push(b' ');
+        }
+        None => out.truncate(start + MAX_REASON_LEN - CUT_MARK.len()),
+    }
+    out.extend_from_slice(CUT_MARK.as_bytes());
 }
 
 #[cfg(test)]

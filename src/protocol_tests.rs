@@ -241,8 +241,102 @@ fn reply_lines() {
     for (reply, expected) in table {
         assert_eq!(reply.to_line(), expected);
     }
-    let long = Reply::down("x".repeat(500)).to_line();
-    assert_eq!(long.len(), "down #".len() + MAX_REASON_LEN + 1);
+}
+
+/// Encodes a `down` reply with `reason` and compares what follows `down #` with `expected`
+/// (empty: the reply has no reason at all).
+fn check_reason(reason: &str, expected: &str) {
+    let line = Reply::down(reason).to_line();
+    let shown = match line.strip_prefix("down #") {
+        Some(shown) => shown.trim_end_matches('\n'),
+        None => {
+            assert_eq!(line, "down\n", "reason {reason:?}");
+            ""
+        }
+    };
+    assert_eq!(shown, expected, "reason {reason:?}");
+    assert!(shown.len() <= MAX_REASON_LEN, "reason {reason:?}");
+}
+
+#[test]
+fn urls_are_removed_from_reasons() {
+    let table = [
+        (
+            "tls: invalid peer certificate: UnknownIssuer https://docs.rs/rustls/latest/rustls/enum.Error.html",
+            "tls: invalid peer certificate: UnknownIssuer",
+        ),
+        (
+            "tls: bad certificate (see <https://rustls.dev/errors#1>) for api.test",
+            "tls: bad certificate (see for api.test",
+        ),
+        ("HTTP://EXAMPLE.COM/ answered 503", "answered 503"),
+        ("see:https://example.com/x,", ""),
+        ("https://a.example https://b.example", ""),
+        ("a\thttp://x\tb", "a?b"),
+        ("a  http://x  b", "a  b"),
+        // Not URLs: another scheme, a mangled scheme, the scheme alone without slashes.
+        (
+            "grpc NOT_FOUND: unknown service x://y",
+            "grpc NOT_FOUND: unknown service x://y",
+        ),
+        (
+            "dns: httpx://h and http:/h and https",
+            "dns: httpx://h and http:/h and https",
+        ),
+        // Leading and trailing whitespace is left alone when nothing is removed.
+        ("  SERVING 0.4ms ", "  SERVING 0.4ms "),
+    ];
+    for (reason, expected) in table {
+        check_reason(reason, expected);
+    }
+}
+
+#[test]
+fn long_reasons_are_cut_after_a_whole_word() {
+    let issue_13 = "tls: invalid peer certificate: certificate not valid for name \"api.test.internal\"; \
+                    certificate is only valid for DnsName(\"api.test\") or DnsName(\"*.test\")";
+    let w = |n: usize| "w".repeat(n);
+    let table: Vec<(String, String)> = vec![
+        // At the bound: shown whole.
+        (w(MAX_REASON_LEN), w(MAX_REASON_LEN)),
+        (
+            format!("{} end", w(MAX_REASON_LEN - 4)),
+            format!("{} end", w(MAX_REASON_LEN - 4)),
+        ),
+        // One byte over: the last word goes, ` ...` says so.
+        (
+            format!("{} tail", w(MAX_REASON_LEN - 4)),
+            format!("{} ...", w(MAX_REASON_LEN - 4)),
+        ),
+        // The first word alone leaves no room for ` ...`: it is cut inside.
+        (
+            format!("{} tail", w(MAX_REASON_LEN - 3)),
+            format!("{}...", w(MAX_REASON_LEN - 3)),
+        ),
+        (w(500), format!("{}...", w(MAX_REASON_LEN - 3))),
+        (
+            format!("  {}", w(200)),
+            format!("  {}...", w(MAX_REASON_LEN - 5)),
+        ),
+        // Spaces before the cut are not kept.
+        (format!("{}   {}", w(100), w(30)), format!("{} ...", w(100))),
+        // Bytes that become `?` count as they are shown.
+        (
+            format!("{} é {}", w(112), w(10)),
+            format!("{} ?? ...", w(112)),
+        ),
+        (
+            issue_13.to_string(),
+            "tls: invalid peer certificate: certificate not valid for name \"api.test.internal\"; \
+             certificate is only valid for ..."
+                .to_string(),
+        ),
+        // URLs go first, so what they took no longer counts.
+        (format!("{} https://docs.rs/{}", w(100), w(100)), w(100)),
+    ];
+    for (reason, expected) in table {
+        check_reason(&reason, &expected);
+    }
 }
 
 /// Properties over generated input: no byte string panics the parser, whatever it accepts
@@ -305,6 +399,24 @@ mod properties {
         ]
     }
 
+    /// Reasons of printable words, long ones and URLs among them, so cuts and removals
+    /// happen often.
+    fn reasons() -> impl Strategy<Value = String> {
+        let word = prop_oneof![
+            "[a-zA-Z0-9:;,()\"_.-]{1,12}",
+            "[a-z]{20,130}",
+            Just("https://docs.rs/rustls/latest/rustls/enum.Error.html".to_string()),
+            Just("<HTTP://example.com/x>".to_string()),
+        ];
+        let separator = prop_oneof![Just(" "), Just("  ")];
+        proptest::collection::vec((word, separator), 0..30).prop_map(|parts| {
+            parts
+                .into_iter()
+                .flat_map(|(word, separator)| [word, separator.to_string()])
+                .collect::<String>()
+        })
+    }
+
     /// Targets as the parser produces them (names lowercase, IPv6 canonical).
     fn targets() -> impl Strategy<Value = Target> {
         let label = "[a-z0-9_]([a-z0-9_-]{0,10}[a-z0-9_])?";
@@ -358,6 +470,30 @@ mod properties {
             prop_assert_eq!(parse_request(line.as_bytes()), Ok(target.clone()));
             // The reader may hand the line over with its carriage return.
             prop_assert_eq!(parse_request(format!("{line}\r").as_bytes()), Ok(target));
+        }
+
+        #[test]
+        fn cut_reasons_end_at_a_word_boundary_with_the_mark(reason in reasons()) {
+            let line = Reply::down(reason.clone()).to_line();
+            let shown = line.strip_prefix("down #").unwrap_or("").trim_end_matches('\n');
+            prop_assert!(!shown.to_ascii_lowercase().contains("http://"));
+            prop_assert!(!shown.to_ascii_lowercase().contains("https://"));
+            prop_assert!(shown.len() <= MAX_REASON_LEN);
+            let whole = without_urls(&reason);
+            if whole.len() <= MAX_REASON_LEN {
+                prop_assert_eq!(shown, &*whole);
+            } else if let Some(words) = shown.strip_suffix(" ...") {
+                // Whole words: the original goes on with a space after them.
+                prop_assert!(whole.starts_with(words));
+                prop_assert_eq!(whole.as_bytes()[words.len()], b' ');
+                prop_assert!(!words.ends_with(' '));
+            } else {
+                // Only a first word longer than the bound is cut inside.
+                let cut = shown.strip_suffix(CUT_MARK).expect("a cut reason ends with the mark");
+                prop_assert_eq!(cut.len(), MAX_REASON_LEN - CUT_MARK.len());
+                prop_assert!(whole.starts_with(cut));
+                prop_assert!(!cut.trim_start().contains(' '));
+            }
         }
 
         #[test]
