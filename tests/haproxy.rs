@@ -1,12 +1,19 @@
-//! End to end with the real HAProxy (Debian's `haproxy` package): servers with
-//! `agent-check` pointed at the agent go UP and DOWN as their gRPC backends flip, and
-//! `last_agt` carries the agent's reason.
+//! End to end with the real HAProxy: servers with `agent-check` pointed at the agent go UP
+//! and DOWN as their gRPC backends flip, and `last_agt` carries the agent's reason.
+//!
+//! The haproxy run is `HAPROXY_BIN` when set, else the first `haproxy` on `PATH`, else
+//! Debian's package's (`/usr/sbin/haproxy`) or another usual place; its `haproxy -v` line is
+//! printed with the test output, so a run says which HAProxy it tested.
 
 mod support;
 
 use std::collections::HashMap;
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use support::backend::{HealthBackend, Wire};
@@ -27,16 +34,87 @@ impl Drop for Haproxy {
     }
 }
 
-fn haproxy_binary() -> PathBuf {
-    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"] {
-        let candidate = Path::new(dir).join("haproxy");
-        if candidate.is_file() {
-            return candidate;
+/// The haproxy binary under test and the first line of its `haproxy -v`.
+struct HaproxyBinary {
+    path: PathBuf,
+    version: String,
+}
+
+/// Where haproxy is installed when it is not on `PATH` (`/usr/sbin` is not on every user's).
+const HAPROXY_PLACES: &[&str] = &["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"];
+
+/// The haproxy this suite runs, found once per test binary and announced on stderr.
+fn haproxy_binary() -> &'static HaproxyBinary {
+    static FOUND: OnceLock<HaproxyBinary> = OnceLock::new();
+    FOUND.get_or_init(|| {
+        let (path, from) = find_haproxy(std::env::var_os("HAPROXY_BIN"), std::env::var_os("PATH"))
+            .unwrap_or_else(|problem| panic!("{problem}"));
+        let output = Command::new(&path)
+            .arg("-v")
+            .output()
+            .unwrap_or_else(|error| panic!("cannot run {} -v: {error}", path.display()));
+        let version = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            output.status.success() && version.starts_with("HAProxy version"),
+            "{} -v does not say \"HAProxy version ...\" ({}); is it haproxy?",
+            path.display(),
+            output.status
+        );
+        // Straight to the stream: the harness captures `eprintln!`, and the version tested
+        // belongs in every run's output, passed or failed.
+        let _ = writeln!(
+            std::io::stderr(),
+            "haproxy under test: {} ({from}): {version}",
+            path.display()
+        );
+        HaproxyBinary { path, version }
+    })
+}
+
+/// `HAPROXY_BIN` if set and not empty (then it must be an executable file), else the first
+/// executable `haproxy` in `path`, else one in [`HAPROXY_PLACES`]; with where it came from.
+fn find_haproxy(
+    haproxy_bin: Option<OsString>,
+    path: Option<OsString>,
+) -> Result<(PathBuf, &'static str), String> {
+    if let Some(chosen) = haproxy_bin.filter(|value| !value.is_empty()) {
+        let chosen = PathBuf::from(chosen);
+        if !is_executable(&chosen) {
+            return Err(format!(
+                "HAPROXY_BIN={} is not an executable file; point it at the haproxy binary to \
+                 test (e.g. HAPROXY_BIN=/usr/local/sbin/haproxy) or unset it to use PATH",
+                chosen.display()
+            ));
         }
+        return Ok((chosen, "HAPROXY_BIN"));
     }
-    panic!(
-        "haproxy is not installed; this suite needs the real one: apt-get install -y haproxy (.ci/run does this)"
-    );
+    let on_path = path
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("haproxy"))
+        .find(|candidate| is_executable(candidate));
+    if let Some(found) = on_path {
+        return Ok((found, "PATH"));
+    }
+    HAPROXY_PLACES
+        .iter()
+        .map(|dir| Path::new(dir).join("haproxy"))
+        .find(|candidate| is_executable(candidate))
+        .map(|found| (found, "installed"))
+        .ok_or_else(|| {
+            "haproxy is not installed; this suite needs the real one: apt-get install -y \
+             haproxy (.ci/test does this), or set HAPROXY_BIN to a haproxy binary"
+                .to_string()
+        })
+}
+
+fn is_executable(path: &Path) -> bool {
+    std::fs::metadata(path)
+        .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
 }
 
 impl Haproxy {
@@ -58,8 +136,8 @@ impl Haproxy {
         }
         let config_path = dir.join("haproxy.cfg");
         std::fs::write(&config_path, config).unwrap();
-        let binary = haproxy_binary();
-        let check = Command::new(&binary)
+        let binary = &haproxy_binary().path;
+        let check = Command::new(binary)
             .arg("-c")
             .arg("-f")
             .arg(&config_path)
@@ -70,7 +148,7 @@ impl Haproxy {
             "haproxy -c rejects the config: {}",
             String::from_utf8_lossy(&check.stderr)
         );
-        let child = Command::new(&binary)
+        let child = Command::new(binary)
             .arg("-db")
             .arg("-f")
             .arg(&config_path)
@@ -134,7 +212,9 @@ impl Haproxy {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!(
-            "server {name} did not become {status} with last_agt containing {reason:?}; last seen {seen:?}"
+            "server {name} did not become {status} with last_agt containing {reason:?}; last seen \
+             {seen:?} ({})",
+            haproxy_binary().version
         );
     }
 }
@@ -208,4 +288,46 @@ async fn not_serving_can_drain_or_maint_and_ready_brings_it_back() {
         backend.set("", Wire::Serving);
         haproxy.wait_for("a", "UP", "SERVING").await;
     }
+}
+
+/// The binary chosen: `HAPROXY_BIN` first, then `PATH`; a `HAPROXY_BIN` that cannot run is
+/// an error that says so, never a silent fall back to another haproxy.
+#[test]
+fn haproxy_bin_comes_first_and_must_be_executable() {
+    let dir = std::env::temp_dir().join(format!("hga-find-haproxy-{}", std::process::id()));
+    let on_path = dir.join("bin");
+    std::fs::create_dir_all(&on_path).unwrap();
+    let executable = |path: &Path| {
+        std::fs::write(path, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    executable(&on_path.join("haproxy"));
+    executable(&dir.join("haproxy-3.3"));
+    std::fs::write(dir.join("not-executable"), "").unwrap();
+    let path = Some(on_path.clone().into_os_string());
+    let bin = |name: &str| Some(dir.join(name).into_os_string());
+
+    assert_eq!(
+        find_haproxy(bin("haproxy-3.3"), path.clone()),
+        Ok((dir.join("haproxy-3.3"), "HAPROXY_BIN"))
+    );
+    assert_eq!(
+        find_haproxy(None, path.clone()),
+        Ok((on_path.join("haproxy"), "PATH"))
+    );
+    assert_eq!(
+        find_haproxy(Some(OsString::new()), path.clone()),
+        Ok((on_path.join("haproxy"), "PATH"))
+    );
+    for name in ["not-executable", "missing", "bin"] {
+        let problem = find_haproxy(bin(name), path.clone()).unwrap_err();
+        assert!(
+            problem.starts_with(&format!(
+                "HAPROXY_BIN={} is not an executable file",
+                dir.join(name).display()
+            )),
+            "{problem}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
