@@ -126,7 +126,7 @@ impl Metrics {
             )?,
             channels_active: IntGauge::with_opts(opts(
                 "grpc_channels_active",
-                "gRPC channels (backend connections) open now",
+                "HTTP/2 connections to backends open now",
             ))?,
             cache_hits: IntCounter::with_opts(opts(
                 "cache_hits_total",

@@ -1,16 +1,19 @@
 //! Asking a backend `grpc.health.v1.Health` (Check, and Watch streams): the [`Probe`] seam
 //! and its implementation. This is the only module that speaks gRPC.
 
+mod answer;
+mod call;
 mod connect;
-mod frames;
+mod errors;
 mod grpc;
-mod hpack;
 mod http2;
 mod insecure;
+mod request;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 pub use grpc::{GrpcProbe, ProbeConfig, ProbeSetupError, TlsSettings};
@@ -69,15 +72,31 @@ pub enum WatchEvent {
 
 /// An open Watch stream; dropping it cancels the stream.
 pub struct WatchStream {
-    events: tokio::sync::mpsc::Receiver<WatchEvent>,
-    /// What must live as long as the stream (its cancel-on-drop, maybe its connection).
+    source: Box<dyn WatchSource>,
+    /// What must live as long as the stream (maybe its connection).
     _holds: Vec<Box<dyn Send + Sync>>,
 }
 
+/// Where a Watch stream's events come from: polled by [`WatchStream::next`], so a stream
+/// needs no task of its own.
+pub trait WatchSource: Send + 'static {
+    /// The next event; after `Ended` the source is not polled again.
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<WatchEvent>;
+}
+
+/// A channel of events (scripted probers in tests).
+impl WatchSource for tokio::sync::mpsc::Receiver<WatchEvent> {
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<WatchEvent> {
+        self.poll_recv(cx).map(|event| {
+            event.unwrap_or_else(|| WatchEvent::Ended(ProbeError::transport("watch closed")))
+        })
+    }
+}
+
 impl WatchStream {
-    pub fn new(events: tokio::sync::mpsc::Receiver<WatchEvent>) -> WatchStream {
+    pub fn new(source: impl WatchSource) -> WatchStream {
         WatchStream {
-            events,
+            source: Box::new(source),
             _holds: Vec::new(),
         }
     }
@@ -88,12 +107,9 @@ impl WatchStream {
         self
     }
 
-    /// The next event; after `Ended`, the stream is done.
+    /// The next event; after `Ended`, the stream is done. Cancel safe.
     pub async fn next(&mut self) -> WatchEvent {
-        self.events
-            .recv()
-            .await
-            .unwrap_or_else(|| WatchEvent::Ended(ProbeError::Transport("watch closed".into())))
+        std::future::poll_fn(|cx| self.source.poll_event(cx)).await
     }
 }
 

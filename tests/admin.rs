@@ -196,9 +196,10 @@ async fn metrics_parse_and_move_with_requests_and_probes() {
         moved("haproxy_grpc_agent_state_transitions_total{to=\"down\"}"),
         1.0
     );
+    // Open connections: the reachable backend's one; the refused one has none.
     assert_eq!(
         sample(&after, "haproxy_grpc_agent_grpc_channels_active"),
-        2.0
+        1.0
     );
     assert!(sample(&after, "process_resident_memory_bytes") > 0.0);
 }

@@ -414,10 +414,11 @@ async fn probe_exits_with_grpc_health_probe_codes() {
             "grpc NOT_FOUND",
         ),
         (vec![at(unimplemented)], 3, "grpc UNIMPLEMENTED"),
+        // Takes TCP and never speaks HTTP/2: the connection is never made.
         (
-            vec![at(silent), "--grpc-rpc-timeout".into(), "300ms".into()],
-            3,
-            "rpc timeout 300ms",
+            vec![at(silent), "--grpc-connect-timeout".into(), "300ms".into()],
+            2,
+            "connect: no http/2 settings from the backend within 300ms",
         ),
         (vec![at(refused)], 2, "connection refused"),
         // TLS to a plaintext server fails in the handshake: a connection failure.

@@ -306,7 +306,7 @@ async fn malformed_answers_are_down_with_their_own_reason() {
     case(
         &agent,
         "a frame over the 16 KiB frame size",
-        "down #transport: http/2 frame of 20000 bytes exceeds 16384\n",
+        "down #transport: http/2: the backend sent a frame over 16384 bytes\n",
         script(|s, _| send(vec![frame(DATA, 0, s, &vec![0u8; 20_000])])),
     )
     .await;
@@ -350,15 +350,19 @@ async fn resets_and_goaways_are_down_with_their_own_reason() {
         script(|_, _| vec![Step::Send(goaway(0, 0xb, b"too_many_pings")), Step::Close]),
     )
     .await;
-    // The reset reaches the reader or the writer first, whichever touches the socket.
     let reset = RawBackend::start(script(|_, _| vec![Step::Reset])).await;
     let reply = ask(
         agent.addr,
         &format!("127.0.0.1 {} no-ssl localhost", reset.port),
     )
     .await;
+    // h2 may see the reset itself, or only that the connection ended.
     assert!(
-        reply.starts_with("down #transport: ") && reply.contains("Connection reset by peer"),
+        [
+            "down #transport: connection reset by backend\n",
+            "down #transport: connection closed by backend\n"
+        ]
+        .contains(&reply.as_str()),
         "TCP reset: {reply:?}"
     );
     case(
@@ -403,7 +407,7 @@ async fn unreachable_and_silent_backends() {
     first_answer(
         &agent,
         &line_for(silent, ""),
-        "down #rpc timeout 500ms\n",
+        "down #connect: no http/2 settings from the backend within 300ms\n",
         "silent TCP",
     )
     .await;
@@ -489,7 +493,7 @@ async fn tls_failures_name_the_problem() {
     first_answer(
         &trusting,
         &format!("127.0.0.1 {} no-ssl localhost", tls.port()),
-        "down #transport: connection closed by backend before http/2 settings\n",
+        "down #transport: backend answered TLS: ask with ssl on the request line\n",
         "plaintext to a TLS port",
     )
     .await;

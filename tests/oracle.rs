@@ -271,12 +271,13 @@ async fn target_limit_answers_down() {
 }
 
 #[tokio::test]
-async fn silent_backend_answers_first_probe_pending_then_rpc_timeout() {
+async fn silent_backend_answers_first_probe_pending_then_its_reason() {
+    // Takes TCP and never speaks HTTP/2: the connection is never made.
     let (port, _silent) = silent_backend().await;
     let agent = start_agent(&[
         "--miss-timeout",
         "200ms",
-        "--grpc-rpc-timeout",
+        "--grpc-connect-timeout",
         "300ms",
         "--fall",
         "1",
@@ -289,14 +290,11 @@ async fn silent_backend_answers_first_probe_pending_then_rpc_timeout() {
         started.elapsed() < Duration::from_millis(1000),
         "a miss waits only the miss timeout"
     );
-    let reply = reply_becomes(
-        agent.addr,
-        &line,
-        "down #rpc timeout",
-        Duration::from_secs(5),
-    )
-    .await;
-    assert_eq!(reply, "down #rpc timeout 300ms\n");
+    let reply = reply_becomes(agent.addr, &line, "down #connect", Duration::from_secs(5)).await;
+    assert_eq!(
+        reply,
+        "down #connect: no http/2 settings from the backend within 300ms\n"
+    );
 }
 
 #[tokio::test]

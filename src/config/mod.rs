@@ -388,6 +388,7 @@ impl Checker<'_> {
         });
         let log_file = self.get("log_file", parse_path);
         let channel_cache = self.get("grpc_channel_cache", parse_bool);
+        let grpc_max_connections = self.get("grpc_max_connections", |t| parse_count(t, 1, 1_000));
         let log_rotation = self.get("log_rotation", |t| {
             parse_choice(
                 t,
@@ -494,6 +495,7 @@ impl Checker<'_> {
                 metadata,
                 allowlist: Arc::new(allowlist),
                 channel_cache: channel_cache?,
+                max_connections: grpc_max_connections?,
                 tls: TlsSettings {
                     ca_file,
                     cert_file,

@@ -227,6 +227,13 @@ pub const SETTINGS: &[Spec] = &[
         ),
         &["grpc_channel_cache_enabled"],
     ),
+    spec(
+        "grpc_max_connections",
+        Some("4"),
+        "count",
+        Restart,
+        "most HTTP/2 connections to one backend endpoint; more than one only when its stream limit is reached (Watch streams past it: polled)",
+    ),
     // The oracle.
     spec(
         "check_interval",

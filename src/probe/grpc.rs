@@ -1,6 +1,7 @@
-//! The implementation of [`Probe`]: one lazily connected HTTP/2 connection per backend
-//! endpoint (host, port, tls, authority), shared by every service checked on it, with TLS
-//! by rustls. The calls themselves are in [`super::http2`] (framing in [`super::frames`]).
+//! The implementation of [`Probe`]: one [`Endpoint`] per backend endpoint (host, port,
+//! tls, authority), shared by every service checked on it, whose HTTP/2 connections
+//! (the `h2` crate, TLS by rustls) are made on demand. The calls are in [`super::call`],
+//! the connections' life in [`super::http2`].
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -13,10 +14,10 @@ use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::ServerName;
 
 use super::connect::ConnectTo;
-use super::frames::{Method, Prepared};
-use super::http2::{Connection, Tls};
-use super::insecure;
+use super::http2::{Endpoint, Tls};
+use super::request::{Method, Prepared};
 use super::{BoxFuture, Outcome, Probe, ProbeError, TargetProber, WatchStream};
+use super::{call, insecure};
 use crate::allowlist::{Admission, Allowlist};
 use crate::protocol::Target;
 
@@ -33,8 +34,11 @@ pub struct ProbeConfig {
     /// Which backends may be probed; checked before registering, before every probe and
     /// on every resolved address.
     pub allowlist: Arc<Allowlist>,
-    /// Keep one connection per endpoint between checks (false: a fresh one per check).
+    /// Keep the endpoint's connections between checks (false: a fresh one per check).
     pub channel_cache: bool,
+    /// The most HTTP/2 connections to one endpoint (more are opened only when the
+    /// backend's stream limit is reached on every one).
+    pub max_connections: usize,
     pub tls: TlsSettings,
 }
 
@@ -135,9 +139,12 @@ pub struct GrpcProbe {
 /// What it takes to make a channel to an endpoint; cheap to clone.
 #[derive(Clone)]
 struct ChannelBuilder {
-    /// `grpc_channels_active`: every channel built counts itself until dropped.
+    /// `grpc_channels_active`: every open HTTP/2 connection counts itself.
     gauge: prometheus::IntGauge,
     tls: Arc<rustls::ClientConfig>,
+    client_auth: bool,
+    h2: h2::client::Builder,
+    max_connections: usize,
     timeouts: Arc<ArcSwap<Timeouts>>,
     allowlist: Arc<ArcSwap<Allowlist>>,
 }
@@ -178,6 +185,9 @@ impl GrpcProbe {
             gauge: prometheus::IntGauge::new("grpc_channels_active", "channels")
                 .expect("a valid metric name"),
             tls,
+            client_auth: config.tls.cert_file.is_some(),
+            h2: super::http2::client_builder(),
+            max_connections: config.max_connections,
             timeouts: Arc::clone(&timeouts),
         };
         Ok(GrpcProbe {
@@ -236,6 +246,7 @@ impl ChannelBuilder {
             Some(Tls {
                 config: Arc::clone(&self.tls),
                 name: server_name(&key.authority)?,
+                client_auth: self.client_auth,
             })
         } else {
             None
@@ -246,10 +257,15 @@ impl ChannelBuilder {
             timeouts: Arc::clone(&self.timeouts),
             allowlist: Arc::clone(&self.allowlist),
         };
-        self.gauge.inc();
         Ok(CountedChannel {
-            channel: Connection::new(connect_to, tls, Arc::clone(&self.timeouts)),
-            gauge: self.gauge.clone(),
+            channel: Endpoint::new(
+                connect_to,
+                tls,
+                Arc::clone(&self.timeouts),
+                self.h2.clone(),
+                self.max_connections,
+                self.gauge.clone(),
+            ),
         })
     }
 }
@@ -316,16 +332,9 @@ fn client_tls(settings: &TlsSettings) -> Result<Arc<rustls::ClientConfig>, Probe
     Ok(Arc::new(config))
 }
 
-/// A channel that counts itself in `grpc_channels_active` while it lives.
+/// An endpoint's connections (each counts itself in `grpc_channels_active`).
 struct CountedChannel {
-    channel: Connection,
-    gauge: prometheus::IntGauge,
-}
-
-impl Drop for CountedChannel {
-    fn drop(&mut self) {
-        self.gauge.dec();
-    }
+    channel: Endpoint,
 }
 
 impl Probe for GrpcProbe {
@@ -424,7 +433,7 @@ impl TargetProber for GrpcTarget {
                 },
             };
             match &self.prepared {
-                Ok(prepared) => channel.check(prepared).await,
+                Ok(prepared) => call::check(channel, prepared).await,
                 Err(error) => Outcome::Failed(error.clone()),
             }
         })
@@ -437,27 +446,16 @@ impl TargetProber for GrpcTarget {
             }
             let prepared = self.prepared_watch.as_ref().map_err(Clone::clone)?;
             match &self.channels {
-                Channels::Shared(Ok(channel)) => channel.channel.watch(prepared).await,
+                Channels::Shared(Ok(channel)) => call::watch(&channel.channel, prepared).await,
                 Channels::Shared(Err(error)) => Err(error.clone()),
                 // Without the channel cache a stream has a connection of its own, which
                 // lives as long as the stream.
                 Channels::Fresh { builder, key } => {
                     let channel = builder.build(key)?;
-                    let stream = channel.channel.watch(prepared).await?;
+                    let stream = call::watch(&channel.channel, prepared).await?;
                     Ok(stream.holding(Box::new(channel)))
                 }
             }
         })
     }
-}
-
-pub(super) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
 }

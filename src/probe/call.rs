@@ -1,0 +1,256 @@
+//! The two calls of `grpc.health.v1.Health` over an endpoint's connections: a Check read
+//! whole into an [`Outcome`], and a Watch read message by message. One deadline (connect +
+//! RPC timeout) covers a call and its retry; a call the backend did not process is made
+//! once more, on another connection. A call dropped before its answer resets its stream
+//! (h2 sends RST_STREAM CANCEL when the last handle of an open stream goes).
+
+use std::collections::VecDeque;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use tokio::time::Instant;
+
+use super::answer::Answer;
+use super::errors::{self, End};
+use super::http2::{Endpoint, Slot, Use};
+use super::request::Prepared;
+use super::{Outcome, ProbeError, ServingStatus, WatchEvent, WatchSource, WatchStream};
+
+/// One Check: a stream slot (connecting if needed), the request, the whole answer.
+pub async fn check(endpoint: &Endpoint, prepared: &Prepared) -> Outcome {
+    let timeouts = endpoint.timeouts();
+    let deadline = Instant::now() + timeouts.connect + timeouts.rpc;
+    let mut avoid = None;
+    loop {
+        let slot = match endpoint.slot(Use::Check, avoid, deadline).await {
+            Ok(slot) => slot,
+            Err(error) => return Outcome::Failed(error),
+        };
+        let rpc_by = deadline.min(Instant::now() + timeouts.rpc);
+        match tokio::time::timeout_at(rpc_by, exchange(&slot, prepared, rpc_by)).await {
+            Ok(Ok(outcome)) => return outcome,
+            Ok(Err(End::Unprocessed(error))) if avoid.is_none() => {
+                slot.retire(error);
+                avoid = Some(slot.conn_id());
+            }
+            Ok(Err(end)) => return Outcome::Failed(end.error()),
+            Err(_) => {
+                // The stream is reset as the call is dropped; the connection is asked
+                // whether it is alive at all.
+                slot.suspect();
+                return Outcome::Failed(ProbeError::RpcTimeout(timeouts.rpc));
+            }
+        }
+    }
+}
+
+/// Opens a Watch stream: a slot that leaves room for Checks, the request, and the
+/// answer's headers (within the RPC timeout). Statuses are then read as they come.
+pub async fn watch(endpoint: &Endpoint, prepared: &Prepared) -> Result<WatchStream, ProbeError> {
+    let timeouts = endpoint.timeouts();
+    let deadline = Instant::now() + timeouts.connect + timeouts.rpc;
+    let mut avoid = None;
+    loop {
+        let slot = endpoint.slot(Use::Watch, avoid, deadline).await?;
+        let rpc_by = deadline.min(Instant::now() + timeouts.rpc);
+        match tokio::time::timeout_at(rpc_by, open_watch(slot, prepared, rpc_by)).await {
+            Ok(Ok(stream)) => return Ok(stream),
+            Ok(Err((End::Unprocessed(_), conn))) if avoid.is_none() => avoid = Some(conn),
+            Ok(Err((end, _))) => return Err(end.error()),
+            Err(_) => return Err(ProbeError::RpcTimeout(timeouts.rpc)),
+        }
+    }
+}
+
+/// Sends the request on the slot's connection. Nothing has reached the backend if this
+/// fails, so every failure is safe to make again.
+fn send(
+    slot: &Slot,
+    prepared: &Prepared,
+    rpc_by: Instant,
+) -> Result<(h2::client::ResponseFuture, h2::SendStream<Bytes>), End> {
+    let unprocessed = |error: h2::Error| {
+        let error = errors::connection(&error);
+        slot.retire(error.clone());
+        End::Unprocessed(error)
+    };
+    let left = rpc_by.saturating_duration_since(Instant::now());
+    let (response, mut request) = slot
+        .sender()
+        .send_request(prepared.head(left), false)
+        .map_err(unprocessed)?;
+    request
+        .send_data(prepared.body(), true)
+        .map_err(unprocessed)?;
+    Ok((response, request))
+}
+
+/// A failed stream's end; a connection-level failure retires the connection.
+fn failed(slot: &Slot, error: &h2::Error) -> End {
+    let end = errors::stream(error);
+    if !error.is_reset() {
+        let reason = match &end {
+            End::Unprocessed(error) | End::Failed(error) => error.clone(),
+        };
+        slot.retire(reason);
+        // h2 fails the streams of a connection that ended with a broken pipe of its own
+        // making; the connection's reason (a GOAWAY's code and text) says more.
+        let synthetic = error
+            .get_io()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe);
+        if synthetic && let Some(reason) = slot.retired_reason() {
+            return End::Failed(reason);
+        }
+    } else if matches!(end, End::Unprocessed(_)) {
+        // REFUSED_STREAM: the retry goes to another connection, and this one takes no
+        // more (a backend refusing streams is over its limit or going away).
+        slot.retire(end_reason(&end));
+    }
+    end
+}
+
+fn end_reason(end: &End) -> ProbeError {
+    match end {
+        End::Unprocessed(error) | End::Failed(error) => error.clone(),
+    }
+}
+
+/// Feeds one header block to the answer.
+fn feed(answer: &mut Answer, status: Option<http::StatusCode>, headers: &HeaderMap) {
+    if let Some(status) = status {
+        answer.field(b":status", status.as_str().as_bytes());
+    }
+    for (name, value) in headers {
+        answer.field(name.as_str().as_bytes(), value.as_bytes());
+    }
+}
+
+/// One Check's request and whole answer.
+async fn exchange(slot: &Slot, prepared: &Prepared, rpc_by: Instant) -> Result<Outcome, End> {
+    let (response, _request) = send(slot, prepared, rpc_by)?;
+    let response = response.await.map_err(|error| failed(slot, &error))?;
+    slot.heard();
+    let (head, mut body) = response.into_parts();
+    let mut answer = Answer::default();
+    feed(&mut answer, Some(head.status), &head.headers);
+    let trailers_only = body.is_end_stream();
+    answer.end_block(trailers_only).map_err(End::Failed)?;
+    if trailers_only {
+        return Ok(answer.outcome());
+    }
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(|error| failed(slot, &error))?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        // Past the bound the stream is dropped, which resets it.
+        answer.data(&chunk).map_err(End::Failed)?;
+    }
+    if let Some(trailers) = body
+        .trailers()
+        .await
+        .map_err(|error| failed(slot, &error))?
+    {
+        feed(&mut answer, None, &trailers);
+        answer.end_block(true).map_err(End::Failed)?;
+    }
+    Ok(answer.outcome())
+}
+
+/// Sends a Watch request and reads its answer's headers.
+async fn open_watch(
+    slot: Slot,
+    prepared: &Prepared,
+    rpc_by: Instant,
+) -> Result<WatchStream, (End, u64)> {
+    let conn = slot.conn_id();
+    let (response, request) = send(&slot, prepared, rpc_by).map_err(|end| (end, conn))?;
+    let response = response
+        .await
+        .map_err(|error| (failed(&slot, &error), conn))?;
+    slot.heard();
+    let (head, body) = response.into_parts();
+    let mut answer = Answer::default();
+    feed(&mut answer, Some(head.status), &head.headers);
+    let trailers_only = body.is_end_stream();
+    answer
+        .end_block(trailers_only)
+        .map_err(|error| (End::Failed(error), conn))?;
+    if trailers_only {
+        // UNIMPLEMENTED and the like come as headers alone.
+        return Err((End::Failed(answer.watch_end()), conn));
+    }
+    if let Some(error) = answer.head_error() {
+        return Err((End::Failed(error), conn));
+    }
+    Ok(WatchStream::new(WatchCall {
+        body,
+        answer,
+        statuses: VecDeque::new(),
+        ended: false,
+        _request: request,
+        slot,
+    }))
+}
+
+/// An open Watch stream, read when the poller asks for its next event. Dropping it drops
+/// the stream's handles, and h2 resets the stream.
+struct WatchCall {
+    body: h2::RecvStream,
+    answer: Answer,
+    /// Statuses read but not yet handed out (bounded by the stream's window).
+    statuses: VecDeque<ServingStatus>,
+    ended: bool,
+    _request: h2::SendStream<Bytes>,
+    slot: Slot,
+}
+
+impl WatchCall {
+    fn end(&mut self, error: ProbeError) -> Poll<WatchEvent> {
+        self.ended = true;
+        Poll::Ready(WatchEvent::Ended(error))
+    }
+}
+
+impl WatchSource for WatchCall {
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<WatchEvent> {
+        loop {
+            if let Some(status) = self.statuses.pop_front() {
+                return Poll::Ready(WatchEvent::Status(status));
+            }
+            if self.ended {
+                return Poll::Pending;
+            }
+            match ready!(self.body.poll_data(cx)) {
+                Some(Ok(chunk)) => {
+                    let _ = self.body.flow_control().release_capacity(chunk.len());
+                    self.slot.heard();
+                    match self.answer.watch_data(&chunk) {
+                        Ok(statuses) => self.statuses.extend(statuses),
+                        Err(error) => return self.end(error),
+                    }
+                }
+                Some(Err(error)) => {
+                    let error = failed(&self.slot, &error).error();
+                    return self.end(error);
+                }
+                None => {
+                    let trailers = ready!(self.body.poll_trailers(cx));
+                    let error = match trailers {
+                        Ok(trailers) => {
+                            let mut answer = std::mem::take(&mut self.answer);
+                            if let Some(trailers) = trailers {
+                                feed(&mut answer, None, &trailers);
+                            }
+                            match answer.end_block(true) {
+                                Ok(()) => answer.watch_end(),
+                                Err(error) => error,
+                            }
+                        }
+                        Err(error) => failed(&self.slot, &error).error(),
+                    };
+                    return self.end(error);
+                }
+            }
+        }
+    }
+}
