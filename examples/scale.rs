@@ -12,6 +12,9 @@
 //! cargo build --release --bin haproxy-grpc-agent --example scale
 //! target/release/examples/scale --backends 1000 --services 10 --interval 1s --window 10s
 //! ```
+//!
+//! `--agent` may be given more than once: the windows then run for each binary in turn on
+//! the same farm, and the later ones are compared with the first (the baseline).
 
 #[path = "support/agent_process.rs"]
 mod agent_process;
@@ -55,9 +58,10 @@ struct Args {
     /// `--concurrency` allows.
     #[arg(long)]
     rate: Option<u32>,
-    /// The agent binary.
+    /// The agent binary; repeat it to compare binaries on one farm (the first is the
+    /// baseline of the ratios).
     #[arg(long, default_value = "target/release/haproxy-grpc-agent")]
-    agent: PathBuf,
+    agent: Vec<PathBuf>,
     /// More flags for the agent (repeatable), e.g. --agent-flag=--rise=1.
     #[arg(long = "agent-flag", allow_hyphen_values = true)]
     agent_flags: Vec<String>,
@@ -98,13 +102,61 @@ fn main() {
         args.services,
         started.elapsed().as_secs_f64()
     );
+    let lines = Arc::new(lines);
+    if args.cold.is_some() || args.detect {
+        let binary = args.agent[0].clone();
+        let (mut agent, _) = start_measured(&args, &binary, targets, &client, &lines);
+        if let Some(bound) = args.cold {
+            client.block_on(cold_start(&agent, &farm, &lines, args.services, bound));
+            agent.stop();
+            return;
+        }
+        agent.stop();
+        detect_modes(&args, targets, &client, farm, &lines);
+        return;
+    }
+    let mut results: Vec<(PathBuf, Windows)> = Vec::new();
+    for binary in &args.agent {
+        let (mut agent, at_start) = start_measured(&args, binary, targets, &client, &lines);
+        let measured = windows(&args, &agent, at_start, targets, &client, &farm, &lines);
+        agent.stop();
+        results.push((binary.clone(), measured));
+    }
+    if let Some(((baseline_binary, baseline), rest)) = results.split_first() {
+        for (binary, measured) in rest {
+            println!(
+                "{} vs {}: CPU per probe {:.2}x, RSS per target {:.2}x (idle windows)",
+                binary.display(),
+                baseline_binary.display(),
+                measured.cpu_per_probe_us / baseline.cpu_per_probe_us,
+                measured.rss_per_target_kib / baseline.rss_per_target_kib
+            );
+        }
+    }
+}
+
+/// What an idle window measured.
+struct Windows {
+    cpu_per_probe_us: f64,
+    rss_per_target_kib: f64,
+}
+
+/// Spawns `binary`, times its first answer, prints its footprint at start.
+fn start_measured(
+    args: &Args,
+    binary: &std::path::Path,
+    targets: usize,
+    client: &tokio::runtime::Runtime,
+    lines: &Arc<Vec<String>>,
+) -> (AgentProcess, agent_process::Stats) {
     let spawned = Instant::now();
-    let mut agent = spawn_agent(&args, targets);
+    let agent = spawn_agent(args, binary, targets);
     let (first, _) = client
         .block_on(load::request(agent.addr, &lines[0]))
         .expect("the agent answers");
     println!(
-        "start-up: first answer ({}) {:.1} ms after spawning the agent",
+        "== {}: first answer ({}) {:.1} ms after spawning the agent",
+        binary.display(),
         String::from_utf8_lossy(&first).trim_end(),
         spawned.elapsed().as_secs_f64() * 1000.0
     );
@@ -117,59 +169,70 @@ fn main() {
         at_start.rss_kib,
         at_start.fds
     );
+    (agent, at_start)
+}
 
-    let lines = Arc::new(lines);
-    if let Some(bound) = args.cold {
-        client.block_on(cold_start(&agent, &farm, &lines, args.services, bound));
+/// `--detect`: one agent per mode on the same farm.
+fn detect_modes(
+    args: &Args,
+    targets: usize,
+    client: &tokio::runtime::Runtime,
+    farm: Vec<HealthBackend>,
+    lines: &Arc<Vec<String>>,
+) {
+    let farm = Arc::new(farm);
+    for mode in &args.modes {
+        let extra: &[&str] = match mode.as_str() {
+            "poll" => &["--health-mode", "poll"],
+            "watch" => &["--health-mode", "watch"],
+            "watch-trust" => &["--health-mode", "watch", "--trust-watch"],
+            other => panic!("unknown mode {other}; use poll, watch or watch-trust"),
+        };
+        let mut agent = spawn_agent_with(args, &args.agent[0], targets, extra);
+        client.block_on(load::warm_up(agent.addr, lines));
+        std::thread::sleep(args.interval * 2);
+        // Idle: what following the targets costs the backends and the agent.
+        let window = Duration::from_secs(20);
+        let rpcs = || {
+            farm.iter()
+                .map(|backend| backend.total_checks() + backend.watches())
+                .sum::<u64>()
+        };
+        let (rpcs_before, before) = (rpcs(), agent.stats());
+        std::thread::sleep(window);
+        let (rpcs_after, after) = (rpcs(), agent.stats());
+        let per_minute = 60.0 / window.as_secs_f64();
+        println!(
+            "{mode}: backend RPCs (Check + Watch) {:.1} per target per minute; agent CPU {:.1} µs per target per second; {} Watch streams open",
+            (rpcs_after - rpcs_before) as f64 / targets as f64 * per_minute,
+            (after.cpu_seconds - before.cpu_seconds) * 1e6 / targets as f64 / window.as_secs_f64(),
+            farm.iter().map(HealthBackend::open_watches).sum::<usize>()
+        );
+        client.block_on(detection(
+            &agent,
+            &farm,
+            lines,
+            args.services,
+            args.interval,
+            mode,
+        ));
         agent.stop();
-        return;
     }
-    if args.detect {
-        agent.stop();
-        let farm = Arc::new(farm);
-        for mode in &args.modes {
-            let extra: &[&str] = match mode.as_str() {
-                "poll" => &["--health-mode", "poll"],
-                "watch" => &["--health-mode", "watch"],
-                "watch-trust" => &["--health-mode", "watch", "--trust-watch"],
-                other => panic!("unknown mode {other}; use poll, watch or watch-trust"),
-            };
-            let mut agent = spawn_agent_with(&args, targets, extra);
-            client.block_on(load::warm_up(agent.addr, &lines));
-            std::thread::sleep(args.interval * 2);
-            // Idle: what following the targets costs the backends and the agent.
-            let window = Duration::from_secs(20);
-            let rpcs = || {
-                farm.iter()
-                    .map(|backend| backend.total_checks() + backend.watches())
-                    .sum::<u64>()
-            };
-            let (rpcs_before, before) = (rpcs(), agent.stats());
-            std::thread::sleep(window);
-            let (rpcs_after, after) = (rpcs(), agent.stats());
-            let per_minute = 60.0 / window.as_secs_f64();
-            println!(
-                "{mode}: backend RPCs (Check + Watch) {:.1} per target per minute; agent CPU {:.1} µs per target per second; {} Watch streams open",
-                (rpcs_after - rpcs_before) as f64 / targets as f64 * per_minute,
-                (after.cpu_seconds - before.cpu_seconds) * 1e6
-                    / targets as f64
-                    / window.as_secs_f64(),
-                farm.iter().map(HealthBackend::open_watches).sum::<usize>()
-            );
-            client.block_on(detection(
-                &agent,
-                &farm,
-                &lines,
-                args.services,
-                args.interval,
-                mode,
-            ));
-            agent.stop();
-        }
-        return;
-    }
+}
+
+/// Registers every target, then the idle window and (unless `--concurrency 0`) the
+/// loaded one.
+fn windows(
+    args: &Args,
+    agent: &AgentProcess,
+    at_start: agent_process::Stats,
+    targets: usize,
+    client: &tokio::runtime::Runtime,
+    farm: &[HealthBackend],
+    lines: &Arc<Vec<String>>,
+) -> Windows {
     let registered = Instant::now();
-    client.block_on(load::warm_up(agent.addr, &lines));
+    client.block_on(load::warm_up(agent.addr, lines));
     println!(
         "registered {targets} targets, all up, in {:.1}s",
         registered.elapsed().as_secs_f64()
@@ -214,19 +277,23 @@ fn main() {
         lag_after.count - lag_before.count
     );
 
+    let measured = Windows {
+        cpu_per_probe_us: cpu * 1e6 / checks.max(1) as f64,
+        rss_per_target_kib: (after.rss_kib as f64 - at_start.rss_kib as f64) / targets as f64,
+    };
     if args.concurrency > 0 {
         let before = agent.stats();
         let checks_before = total_checks();
         let mut phase = match args.rate {
             Some(rate) => client.block_on(load::run_rate(
                 agent.addr,
-                Arc::clone(&lines),
+                Arc::clone(lines),
                 rate,
                 args.window,
             )),
             None => client.block_on(load::run_phase(
                 agent.addr,
-                Arc::clone(&lines),
+                Arc::clone(lines),
                 args.concurrency,
                 args.window,
             )),
@@ -255,7 +322,7 @@ fn main() {
             after.fds
         );
     }
-    agent.stop();
+    measured
 }
 
 /// Every target asked for at once, none seen before: each request must be answered within
@@ -394,7 +461,7 @@ async fn detection(
 /// Starts the agent binary for this run. The windows and the cold start measure polling
 /// (Check RPCs are what the farm counts) unless `--agent-flag=--health-mode=...` says
 /// otherwise; `--detect` compares the modes.
-fn spawn_agent(args: &Args, targets: usize) -> AgentProcess {
+fn spawn_agent(args: &Args, binary: &std::path::Path, targets: usize) -> AgentProcess {
     let chosen = args
         .agent_flags
         .iter()
@@ -404,11 +471,16 @@ fn spawn_agent(args: &Args, targets: usize) -> AgentProcess {
     } else {
         &["--health-mode", "poll"]
     };
-    spawn_agent_with(args, targets, mode)
+    spawn_agent_with(args, binary, targets, mode)
 }
 
 /// Starts the agent binary for this run, with `extra` flags.
-fn spawn_agent_with(args: &Args, targets: usize, extra: &[&str]) -> AgentProcess {
+fn spawn_agent_with(
+    args: &Args,
+    binary: &std::path::Path,
+    targets: usize,
+    extra: &[&str],
+) -> AgentProcess {
     // A cold start measures first probes only: nothing else may reach the farm.
     let interval = match args.cold {
         Some(_) => "60s".to_string(),
@@ -441,7 +513,7 @@ fn spawn_agent_with(args: &Args, targets: usize, extra: &[&str]) -> AgentProcess
     if let Some(bound) = args.cold {
         flags.extend(["--max-probes-in-flight".to_string(), bound.to_string()]);
     }
-    AgentProcess::spawn(&args.agent, &flags)
+    AgentProcess::spawn(binary, &flags)
 }
 
 /// The agent's `poller_lag_seconds` histogram: cumulative counts per upper bound.
