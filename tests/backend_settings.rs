@@ -22,7 +22,28 @@ async fn mtls_presents_the_client_certificate() {
 
     let anonymous = start_agent(&["--tls-ca-file", ca.to_str().unwrap()]).await;
     let refused = ask(anonymous.addr, &line).await;
-    assert!(refused.starts_with("down #"), "{refused:?}");
+    assert_eq!(
+        refused,
+        "down #tls: the backend wants a client certificate (alert CertificateRequired); set tls_cert_file and tls_key_file\n"
+    );
+    // A certificate from a CA the backend does not trust.
+    let stranger = TestPki::new(&["backend.test"]);
+    let stranger_cert = dir.write("stranger.pem", &stranger.client_cert_pem);
+    let stranger_key = dir.write("stranger.key", &stranger.client_key_pem);
+    let untrusted = start_agent(&[
+        "--tls-ca-file",
+        ca.to_str().unwrap(),
+        "--tls-cert-file",
+        stranger_cert.to_str().unwrap(),
+        "--tls-key-file",
+        stranger_key.to_str().unwrap(),
+    ])
+    .await;
+    let refused = ask(untrusted.addr, &line).await;
+    assert!(
+        refused.starts_with("down #tls: the backend refused our client certificate"),
+        "{refused:?}"
+    );
     assert_eq!(
         backend.total_checks(),
         0,

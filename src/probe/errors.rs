@@ -115,6 +115,9 @@ pub fn io(error: &io::Error) -> ProbeError {
     if let Some(tls) = rustls_error(error) {
         return ProbeError::Tls(tls.to_string());
     }
+    if let Some(alert) = received_alert(error) {
+        return ProbeError::Tls(format!("the backend sent alert {alert:?}"));
+    }
     ProbeError::transport(match error.kind() {
         io::ErrorKind::UnexpectedEof | io::ErrorKind::BrokenPipe => "connection closed by backend",
         io::ErrorKind::ConnectionReset => "connection reset by backend",
@@ -125,10 +128,10 @@ pub fn io(error: &io::Error) -> ProbeError {
 }
 
 /// A failed TLS handshake.
-pub fn tls_handshake(error: &io::Error) -> ProbeError {
+pub fn tls_handshake(error: &io::Error, client_auth: bool) -> ProbeError {
     match rustls_error(error) {
         Some(rustls::Error::AlertReceived(alert)) if refuses_certificate(*alert) => {
-            refused_certificate(*alert)
+            refused_certificate(*alert, client_auth)
         }
         Some(tls) => ProbeError::Tls(tls.to_string()),
         None if error.kind() == io::ErrorKind::UnexpectedEof => {
@@ -153,10 +156,12 @@ pub fn before_settings(
         return ProbeError::transport("backend answered TLS: ask with ssl on the request line");
     }
     let io = error.and_then(h2::Error::get_io);
-    if let Some(rustls::Error::AlertReceived(alert)) = io.and_then(rustls_error)
-        && refuses_certificate(*alert)
+    // TLS 1.3 servers judge the client's certificate after the handshake: their alert
+    // arrives in place of the SETTINGS.
+    if let Some(alert) = io.and_then(received_alert)
+        && (client_auth || refuses_certificate(alert))
     {
-        return refused_certificate(*alert);
+        return refused_certificate(alert, client_auth);
     }
     let closed = match io {
         None => error.is_none(),
@@ -199,10 +204,40 @@ fn refuses_certificate(alert: AlertDescription) -> bool {
     )
 }
 
-fn refused_certificate(alert: AlertDescription) -> ProbeError {
-    ProbeError::Tls(format!(
-        "the backend refused our client certificate (alert {alert:?}); check tls_cert_file and tls_key_file"
-    ))
+fn refused_certificate(alert: AlertDescription, client_auth: bool) -> ProbeError {
+    ProbeError::Tls(if client_auth {
+        format!(
+            "the backend refused our client certificate (alert {alert:?}); check tls_cert_file and tls_key_file"
+        )
+    } else {
+        format!(
+            "the backend wants a client certificate (alert {alert:?}); set tls_cert_file and tls_key_file"
+        )
+    })
+}
+
+/// The TLS alert the backend sent, if that is what ended the connection. h2 keeps only
+/// the text of an I/O error, so the alert is read back from rustls' wording.
+fn received_alert(error: &io::Error) -> Option<AlertDescription> {
+    if let Some(rustls::Error::AlertReceived(alert)) = rustls_error(error) {
+        return Some(*alert);
+    }
+    let text = error.to_string();
+    let name = text.strip_prefix("received fatal alert: ")?;
+    [
+        AlertDescription::BadCertificate,
+        AlertDescription::CertificateRequired,
+        AlertDescription::UnknownCA,
+        AlertDescription::AccessDenied,
+        AlertDescription::CertificateUnknown,
+        AlertDescription::CertificateRevoked,
+        AlertDescription::CertificateExpired,
+        AlertDescription::UnsupportedCertificate,
+        AlertDescription::DecryptError,
+        AlertDescription::HandshakeFailure,
+    ]
+    .into_iter()
+    .find(|alert| format!("{alert:?}") == name)
 }
 
 fn rustls_error(error: &io::Error) -> Option<&rustls::Error> {
@@ -248,8 +283,12 @@ mod tests {
             rustls::Error::AlertReceived(AlertDescription::CertificateRequired),
         );
         assert_eq!(
-            tls_handshake(&alert).to_string(),
+            tls_handshake(&alert, true).to_string(),
             "tls: the backend refused our client certificate (alert CertificateRequired); check tls_cert_file and tls_key_file"
+        );
+        assert_eq!(
+            tls_handshake(&alert, false).to_string(),
+            "tls: the backend wants a client certificate (alert CertificateRequired); set tls_cert_file and tls_key_file"
         );
     }
 

@@ -228,7 +228,7 @@ impl Endpoint {
                 let stream = connector
                     .connect(tls.name.clone(), tcp)
                     .await
-                    .map_err(|error| errors::tls_handshake(&error))?;
+                    .map_err(|error| errors::tls_handshake(&error, tls.client_auth))?;
                 if let Some(protocol) = stream.get_ref().1.alpn_protocol()
                     && protocol != b"h2"
                 {
