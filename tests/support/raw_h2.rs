@@ -121,7 +121,9 @@ pub struct Options {
     pub settings: Vec<(u16, u32)>,
     pub answer_pings: bool,
     /// Refuses (RST_STREAM REFUSED_STREAM) a stream opened while MAX_CONCURRENT_STREAMS are
-    /// open; a limit applies once the client has acknowledged the SETTINGS that set it.
+    /// open. A limit applies from the moment it is sent, acknowledged or not, as grpc-go and
+    /// nghttp2 servers do: REFUSED_STREAM says the stream was not processed, so a client can
+    /// always make it again.
     pub enforce_stream_limit: bool,
     /// After the client acknowledges SETTINGS_HEADER_TABLE_SIZE 0, its next header block must
     /// start with a dynamic table size update and none may use the dynamic table; else
@@ -245,7 +247,7 @@ impl RawBackend {
             options.settings.extend_from_slice(settings);
         }
         for conn in self.connections().iter().filter(|conn| conn.is_open()) {
-            conn.state().pending_settings.push_back(settings.to_vec());
+            conn.state().sent_settings(settings);
             conn.send(Out::Bytes(settings_frame(settings)));
         }
     }
@@ -381,9 +383,14 @@ impl Conn {
         self.state().refused
     }
 
-    /// The stream limit in force (acknowledged by the client), if any.
+    /// The stream limit in force, if any.
     pub fn limit(&self) -> Option<u32> {
         self.state().limit
+    }
+
+    /// Whether the client has acknowledged every SETTINGS sent on this connection.
+    pub fn settings_acknowledged(&self) -> bool {
+        self.state().pending_settings.is_empty()
     }
 
     /// Why the strict HPACK check closed the connection, if it did.
@@ -421,6 +428,17 @@ struct ConnState {
     refused: usize,
     requests_seen: usize,
     violation: Option<String>,
+}
+
+impl ConnState {
+    fn sent_settings(&mut self, settings: &[(u16, u32)]) {
+        self.pending_settings.push_back(settings.to_vec());
+        for &(id, value) in settings {
+            if id == MAX_CONCURRENT_STREAMS {
+                self.limit = Some(value);
+            }
+        }
+    }
 }
 
 struct Request {
@@ -480,21 +498,7 @@ async fn write_loop(mut io: OwnedWriteHalf, conn: &Conn, mut queue: mpsc::Unboun
                 conn.written.fetch_add(bytes.len() as u64, Ordering::SeqCst);
                 forget_ended_streams(conn, &bytes);
             }
-            Out::Flood(chunk, pacer) => loop {
-                if let Some(pacer) = &pacer {
-                    tokio::select! {
-                        _ = conn.stop.cancelled() => return,
-                        _ = pacer.wait(chunk.len()) => {}
-                    }
-                }
-                tokio::select! {
-                    _ = conn.stop.cancelled() => return,
-                    written = io.write_all(&chunk) => if written.is_err() {
-                        return conn.peer_closed();
-                    },
-                }
-                conn.written.fetch_add(chunk.len() as u64, Ordering::SeqCst);
-            },
+            Out::Flood(chunk, pacer) => return flood(&mut io, conn, &chunk, pacer).await,
             Out::Silence => conn.silent.store(true, Ordering::SeqCst),
             Out::Close => return conn.stop.cancel(),
             Out::Reset => {
@@ -505,6 +509,26 @@ async fn write_loop(mut io: OwnedWriteHalf, conn: &Conn, mut queue: mpsc::Unboun
                 return conn.stop.cancel();
             }
         }
+    }
+}
+
+/// Writes `chunk` until the connection ends; nothing else is written after a flood.
+async fn flood(io: &mut OwnedWriteHalf, conn: &Conn, chunk: &[u8], pacer: Option<Arc<Pacer>>) {
+    loop {
+        let turn = async {
+            if let Some(pacer) = &pacer {
+                pacer.wait(chunk.len()).await;
+            }
+            io.write_all(chunk).await
+        };
+        let written = tokio::select! {
+            _ = conn.stop.cancelled() => return,
+            written = turn => written,
+        };
+        if written.is_err() {
+            return conn.peer_closed();
+        }
+        conn.written.fetch_add(chunk.len() as u64, Ordering::SeqCst);
     }
 }
 
@@ -583,7 +607,7 @@ async fn read_loop(mut io: OwnedReadHalf, conn: &Arc<Conn>, shared: &Shared) {
         return conn.peer_closed();
     }
     let settings = reader.options.settings.clone();
-    conn.state().pending_settings.push_back(settings.clone());
+    conn.state().sent_settings(&settings);
     conn.send(Out::Bytes(settings_frame(&settings)));
     loop {
         let frame = tokio::select! {
@@ -659,20 +683,15 @@ impl Reader<'_> {
         }
     }
 
-    /// The oldest SETTINGS the server sent are in force now.
+    /// The oldest SETTINGS the server sent are in force for the client's encoder now.
     fn settings_acknowledged(&mut self) {
-        let mut state = self.conn.state();
-        let Some(settings) = state.pending_settings.pop_front() else {
+        let Some(settings) = self.conn.state().pending_settings.pop_front() else {
             return;
         };
         for (id, value) in settings {
-            match id {
-                MAX_CONCURRENT_STREAMS => state.limit = Some(value),
-                HEADER_TABLE_SIZE if (value as usize) < self.table_max => {
-                    self.table_max = value as usize;
-                    self.expect_size_update = self.options.strict_table_size;
-                }
-                _ => {}
+            if id == HEADER_TABLE_SIZE && (value as usize) < self.table_max {
+                self.table_max = value as usize;
+                self.expect_size_update = self.options.strict_table_size;
             }
         }
     }
