@@ -1,0 +1,360 @@
+//! Interop: the agent against the standard health services of gRPC stacks it did not
+//! write, each a small server in tests/interop/ (built by `.ci/interop-setup`): grpcio,
+//! grpc-js, grpc-go and grpc++. Every case runs against every stack: serving flips for
+//! the whole server and a named service (watched and polled), an unknown service, Watch
+//! carrying the changes, a killed and restarted server, a graceful stop, TLS with the
+//! authority as server name, and a server stream limit below the number of services.
+
+mod support;
+
+#[path = "interop/server.rs"]
+mod server;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use server::{Config, Server, Stack, Status};
+use support::daemon::TempDir;
+use support::*;
+
+const WITHIN: Duration = Duration::from_secs(10);
+/// A change a Watch stream carries, against a check interval of a minute.
+const QUICKLY: Duration = Duration::from_secs(3);
+const SERVICE: &str = "interop.Alpha";
+
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    Watch,
+    Poll,
+}
+
+/// The agent with short intervals and no hysteresis, in `mode`, plus `extra` flags.
+async fn fast_agent(mode: Mode, extra: &[&str]) -> Agent {
+    let mode = match mode {
+        Mode::Watch => "watch",
+        Mode::Poll => "poll",
+    };
+    let mut flags = vec![
+        "--health-mode",
+        mode,
+        "--check-interval",
+        "200ms",
+        "--rise",
+        "1",
+        "--fall",
+        "1",
+    ];
+    flags.extend_from_slice(extra);
+    start_agent(&flags).await
+}
+
+/// The agent's `/backends` view of `line`.
+async fn view(agent: &Agent, line: &str) -> serde_json::Value {
+    let backends = support::http::get(agent.admin, "/backends").await.json();
+    backends
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|backend| backend["line"] == line)
+        .cloned()
+        .unwrap_or_else(|| panic!("{line} is not registered: {backends}"))
+}
+
+/// Waits until every line's reply starts with its prefix, asking them all at once as
+/// HAProxy does; panics with every line's last reply after `within`.
+async fn all_read(addr: SocketAddr, expected: &[(String, &'static str)], within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let mut asking = tokio::task::JoinSet::new();
+        for (index, (line, _)) in expected.iter().enumerate() {
+            let line = line.clone();
+            asking.spawn(async move { (index, ask(addr, &line).await) });
+        }
+        let mut replies = vec![String::new(); expected.len()];
+        while let Some(answer) = asking.join_next().await {
+            let (index, reply) = answer.unwrap();
+            replies[index] = reply;
+        }
+        let wrong: Vec<String> = expected
+            .iter()
+            .zip(&replies)
+            .filter(|((_, prefix), reply)| !reply.starts_with(prefix))
+            .map(|((line, prefix), reply)| format!("{line:?}: wanted {prefix:?}, got {reply:?}"))
+            .collect();
+        if wrong.is_empty() {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!(
+                "{} of {} targets did not read right within {within:?}:\n{}",
+                wrong.len(),
+                expected.len(),
+                wrong.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Flips the whole server and a named service down and back up; the other one keeps
+/// its status meanwhile.
+async fn serving_flips(stack: Stack, mode: Mode) {
+    let mut server = Server::start(stack, &Config::services(&[SERVICE])).await;
+    let agent = fast_agent(mode, &[]).await;
+    let whole = line_for(server.port, "");
+    let named = line_for(server.port, SERVICE);
+    for (line, service, other) in [(&whole, "", &named), (&named, SERVICE, &whole)] {
+        reply_becomes(agent.addr, line, "up #SERVING", WITHIN).await;
+        server.set(service, Status::NotServing).await;
+        reply_becomes(agent.addr, line, "down #NOT_SERVING", WITHIN).await;
+        let unchanged = ask(agent.addr, other).await;
+        assert!(unchanged.starts_with("up #SERVING"), "{other}: {unchanged}");
+        server.set(service, Status::Serving).await;
+        reply_becomes(agent.addr, line, "up #SERVING", WITHIN).await;
+    }
+}
+
+/// What the agent answers for a service the server does not know: Watch says
+/// SERVICE_UNKNOWN (the same on every stack); Check fails with NOT_FOUND and each stack's
+/// own message.
+fn unknown_service_reply(stack: Stack, mode: Mode, service: &str) -> String {
+    match (mode, stack) {
+        (Mode::Watch, _) => "down #SERVICE_UNKNOWN".to_string(),
+        (Mode::Poll, Stack::Python) => "down #grpc NOT_FOUND".to_string(),
+        (Mode::Poll, Stack::Node) => {
+            format!("down #grpc NOT_FOUND: Health status unknown for service {service}")
+        }
+        (Mode::Poll, Stack::Go) => "down #grpc NOT_FOUND: unknown service".to_string(),
+        (Mode::Poll, Stack::Cpp) => "down #grpc NOT_FOUND: service name unknown".to_string(),
+    }
+}
+
+/// An unknown service reads down with the stack's reason, and up once the server
+/// registers it (a Watch stream on an unknown service stays open and says so).
+async fn unknown_service(stack: Stack, mode: Mode) {
+    let missing = "interop.Missing";
+    let mut server = Server::start(stack, &Config::services(&[SERVICE])).await;
+    let agent = fast_agent(mode, &[]).await;
+    let line = line_for(server.port, missing);
+    let expected = unknown_service_reply(stack, mode, missing);
+    let reply = reply_becomes(agent.addr, &line, &expected, WITHIN).await;
+    assert_eq!(reply, format!("{expected}\n"), "{stack}, {mode:?}");
+    server.set(missing, Status::Serving).await;
+    reply_becomes(agent.addr, &line, "up #SERVING", WITHIN).await;
+    if let Mode::Watch = mode {
+        assert_eq!(view(&agent, &line).await["mode"], "watch", "{stack}");
+    }
+}
+
+/// In watch mode the target is watched, and with `--trust-watch` a change arrives long
+/// before the next check would.
+async fn watch_streams_carry_the_changes(stack: Stack) {
+    let mut server = Server::start(stack, &Config::services(&[SERVICE])).await;
+    let agent = start_agent(&[
+        "--health-mode",
+        "watch",
+        "--trust-watch",
+        "--check-interval",
+        "60s",
+        "--liveness-interval",
+        "60s",
+    ])
+    .await;
+    let line = line_for(server.port, SERVICE);
+    reply_becomes(agent.addr, &line, "up #SERVING", WITHIN).await;
+    assert_eq!(view(&agent, &line).await["mode"], "watch", "{stack}");
+    server.set(SERVICE, Status::NotServing).await;
+    reply_becomes(agent.addr, &line, "down #NOT_SERVING", QUICKLY).await;
+    server.set(SERVICE, Status::Serving).await;
+    reply_becomes(agent.addr, &line, "up #SERVING", QUICKLY).await;
+    assert_eq!(view(&agent, &line).await["mode"], "watch", "{stack}");
+}
+
+/// A killed server reads down; started again on its port, it reads up and is watched
+/// again.
+async fn a_restarted_server_reads_up_again(stack: Stack) {
+    let server = Server::start(stack, &Config::services(&[SERVICE])).await;
+    let port = server.port;
+    let agent = fast_agent(Mode::Watch, &[]).await;
+    let line = line_for(port, SERVICE);
+    reply_becomes(agent.addr, &line, "up #SERVING", WITHIN).await;
+    drop(server);
+    reply_becomes(agent.addr, &line, "down #connection refused", WITHIN).await;
+    let config = Config {
+        port,
+        ..Config::services(&[SERVICE])
+    };
+    let mut again = Server::start(stack, &config).await;
+    reply_becomes(agent.addr, &line, "up #SERVING", WITHIN).await;
+    eventually(WITHIN, "the restarted server is watched", || async {
+        view(&agent, &line).await["mode"] == "watch"
+    })
+    .await;
+    again.set(SERVICE, Status::NotServing).await;
+    reply_becomes(agent.addr, &line, "down #NOT_SERVING", WITHIN).await;
+}
+
+/// A graceful stop: the stack's health service says NOT_SERVING on the open Watch
+/// stream before the server goes away (grpc-js's has no shutdown of its own: the server
+/// program sets every service NOT_SERVING), so the target turns down for that reason,
+/// then reads connection refused.
+async fn a_graceful_stop_reads_down(stack: Stack) {
+    let mut server = Server::start(stack, &Config::services(&[SERVICE])).await;
+    let agent = fast_agent(Mode::Watch, &[]).await;
+    let line = line_for(server.port, SERVICE);
+    reply_becomes(agent.addr, &line, "up #SERVING", WITHIN).await;
+    let mut events = support::http::EventStream::open(agent.admin).await;
+    server.stop().await;
+    let event = events.next(WITHIN).await;
+    let transition: serde_json::Value = serde_json::from_str(&event.data).unwrap();
+    assert_eq!(
+        (
+            &transition["line"],
+            &transition["from"],
+            &transition["to"],
+            &transition["reason"]
+        ),
+        (
+            &serde_json::json!(line),
+            &serde_json::json!("up"),
+            &serde_json::json!("down"),
+            &serde_json::json!("NOT_SERVING")
+        ),
+        "{stack}: {}",
+        event.data
+    );
+    reply_becomes(agent.addr, &line, "down #connection refused", WITHIN).await;
+}
+
+/// TLS: the server's certificate names `interop.test`, the request line's authority,
+/// signed by a CA the agent is given.
+async fn tls_with_the_authority_as_server_name(stack: Stack) {
+    let pki = TestPki::new(&["interop.test"]);
+    let dir = TempDir::new("interop-tls");
+    let cert = dir.write("server.pem", &pki.cert_pem);
+    let key = dir.write("server.key", &pki.key_pem);
+    let ca = dir.write("ca.pem", &pki.ca_pem);
+    let config = Config {
+        tls: Some((cert, key)),
+        ..Config::services(&[SERVICE])
+    };
+    let mut server = Server::start(stack, &config).await;
+    let agent = fast_agent(Mode::Watch, &["--tls-ca-file", ca.to_str().unwrap()]).await;
+    let whole = format!("127.0.0.1 {} ssl interop.test", server.port);
+    let named = format!("{whole} {SERVICE}");
+    reply_becomes(agent.addr, &whole, "up #SERVING", WITHIN).await;
+    reply_becomes(agent.addr, &named, "up #SERVING", WITHIN).await;
+    server.set(SERVICE, Status::NotServing).await;
+    reply_becomes(agent.addr, &named, "down #NOT_SERVING", WITHIN).await;
+}
+
+/// Ten services on a server that allows `max_streams` concurrent streams: every target
+/// reads its own status, before and after some change.
+async fn ten_services_over_few_streams(stack: Stack, mode: Mode, max_streams: u32) {
+    let services: Vec<String> = (0..10).map(|n| format!("interop.S{n}")).collect();
+    let config = Config {
+        services: services.clone(),
+        max_streams: Some(max_streams),
+        ..Config::default()
+    };
+    let mut server = Server::start(stack, &config).await;
+    for down in [1, 4, 7] {
+        server.set(&services[down], Status::NotServing).await;
+    }
+    let agent = fast_agent(mode, &[]).await;
+    let port = server.port;
+    let expect = |down: &[usize]| -> Vec<(String, &'static str)> {
+        services
+            .iter()
+            .enumerate()
+            .map(|(n, service)| {
+                let status = if down.contains(&n) {
+                    "down #NOT_SERVING"
+                } else {
+                    "up #SERVING"
+                };
+                (line_for(port, service), status)
+            })
+            .collect()
+    };
+    all_read(agent.addr, &expect(&[1, 4, 7]), WITHIN).await;
+    server.set(&services[1], Status::Serving).await;
+    server.set(&services[2], Status::NotServing).await;
+    all_read(agent.addr, &expect(&[2, 4, 7]), WITHIN).await;
+}
+
+/// Every case against one stack, each its own test in a module named after the stack.
+macro_rules! interop_cases {
+    ($($module:ident => $stack:expr),* $(,)?) => {$(
+        mod $module {
+            use super::*;
+
+            #[tokio::test]
+            async fn serving_flips_in_watch_mode() {
+                serving_flips($stack, Mode::Watch).await;
+            }
+
+            #[tokio::test]
+            async fn serving_flips_in_poll_mode() {
+                serving_flips($stack, Mode::Poll).await;
+            }
+
+            #[tokio::test]
+            async fn unknown_service_in_watch_mode() {
+                unknown_service($stack, Mode::Watch).await;
+            }
+
+            #[tokio::test]
+            async fn unknown_service_in_poll_mode() {
+                unknown_service($stack, Mode::Poll).await;
+            }
+
+            #[tokio::test]
+            async fn watch_streams_carry_the_changes() {
+                super::watch_streams_carry_the_changes($stack).await;
+            }
+
+            #[tokio::test]
+            async fn a_restarted_server_reads_up_again() {
+                super::a_restarted_server_reads_up_again($stack).await;
+            }
+
+            #[tokio::test]
+            async fn a_graceful_stop_reads_down() {
+                super::a_graceful_stop_reads_down($stack).await;
+            }
+
+            #[tokio::test]
+            async fn tls_with_the_authority_as_server_name() {
+                super::tls_with_the_authority_as_server_name($stack).await;
+            }
+
+            #[tokio::test]
+            async fn ten_services_over_4_streams_in_watch_mode() {
+                ten_services_over_few_streams($stack, Mode::Watch, 4).await;
+            }
+
+            #[tokio::test]
+            async fn ten_services_over_4_streams_in_poll_mode() {
+                ten_services_over_few_streams($stack, Mode::Poll, 4).await;
+            }
+
+            #[tokio::test]
+            async fn ten_services_over_1_stream_in_watch_mode() {
+                ten_services_over_few_streams($stack, Mode::Watch, 1).await;
+            }
+
+            #[tokio::test]
+            async fn ten_services_over_1_stream_in_poll_mode() {
+                ten_services_over_few_streams($stack, Mode::Poll, 1).await;
+            }
+        }
+    )*};
+}
+
+interop_cases! {
+    python => Stack::Python,
+    node => Stack::Node,
+    go => Stack::Go,
+    cpp => Stack::Cpp,
+}
