@@ -357,7 +357,11 @@ async fn a_silent_connection_is_found_by_ping_and_replaced() {
     for mode in ["watch", "poll"] {
         let backend = RawBackend::start_with(Options::default(), serving()).await;
         backend.set_status("svc", 2);
-        let agent = agent(mode).await;
+        // A connection with streams is PINGed after `liveness_interval` of silence; a
+        // Watch stream is silent while its status holds.
+        let mut flags = flags(mode);
+        flags.extend(["--liveness-interval", "500ms"]);
+        let agent = start_agent(&flags).await;
         let line = line_for(backend.port, "svc");
         reply_becomes(
             agent.addr,

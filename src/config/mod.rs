@@ -496,6 +496,7 @@ impl Checker<'_> {
                 allowlist: Arc::new(allowlist),
                 channel_cache: channel_cache?,
                 max_connections: grpc_max_connections?,
+                keepalive: liveness_interval?,
                 tls: TlsSettings {
                     ca_file,
                     cert_file,

@@ -5,6 +5,8 @@
 //! (h2 sends RST_STREAM CANCEL when the last handle of an open stream goes).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -17,13 +19,14 @@ use super::http2::{Endpoint, Slot, Use};
 use super::request::Prepared;
 use super::{Outcome, ProbeError, ServingStatus, WatchEvent, WatchSource, WatchStream};
 
-/// One Check: a stream slot (connecting if needed), the request, the whole answer.
-pub async fn check(endpoint: &Endpoint, prepared: &Prepared) -> Outcome {
+/// One Check: a stream slot (on `prefer` if it has room, connecting if needed), the
+/// request, the whole answer.
+pub async fn check(endpoint: &Endpoint, prepared: &Prepared, prefer: Option<u64>) -> Outcome {
     let timeouts = endpoint.timeouts();
     let deadline = Instant::now() + timeouts.connect + timeouts.rpc;
     let mut avoid = None;
     loop {
-        let slot = match endpoint.slot(Use::Check, avoid, deadline).await {
+        let slot = match endpoint.slot(Use::Check, prefer, avoid, deadline).await {
             Ok(slot) => slot,
             Err(error) => return Outcome::Failed(error),
         };
@@ -47,14 +50,21 @@ pub async fn check(endpoint: &Endpoint, prepared: &Prepared) -> Outcome {
 
 /// Opens a Watch stream: a slot that leaves room for Checks, the request, and the
 /// answer's headers (within the RPC timeout). Statuses are then read as they come.
-pub async fn watch(endpoint: &Endpoint, prepared: &Prepared) -> Result<WatchStream, ProbeError> {
+/// `follow` holds the stream's connection while it is open (0 when none), so the target's
+/// liveness Checks go there.
+pub async fn watch(
+    endpoint: &Endpoint,
+    prepared: &Prepared,
+    follow: &Arc<AtomicU64>,
+) -> Result<WatchStream, ProbeError> {
     let timeouts = endpoint.timeouts();
     let deadline = Instant::now() + timeouts.connect + timeouts.rpc;
     let mut avoid = None;
     loop {
-        let slot = endpoint.slot(Use::Watch, avoid, deadline).await?;
+        let slot = endpoint.slot(Use::Watch, None, avoid, deadline).await?;
         let rpc_by = deadline.min(Instant::now() + timeouts.rpc);
-        match tokio::time::timeout_at(rpc_by, open_watch(slot, prepared, rpc_by)).await {
+        let opening = open_watch(slot, prepared, rpc_by, Arc::clone(follow));
+        match tokio::time::timeout_at(rpc_by, opening).await {
             Ok(Ok(stream)) => return Ok(stream),
             Ok(Err((End::Unprocessed(_), conn))) if avoid.is_none() => avoid = Some(conn),
             Ok(Err((end, _))) => return Err(end.error()),
@@ -161,6 +171,7 @@ async fn open_watch(
     slot: Slot,
     prepared: &Prepared,
     rpc_by: Instant,
+    follow: Arc<AtomicU64>,
 ) -> Result<WatchStream, (End, u64)> {
     let conn = slot.conn_id();
     let (response, request) = send(&slot, prepared, rpc_by).map_err(|end| (end, conn))?;
@@ -182,6 +193,7 @@ async fn open_watch(
     if let Some(error) = answer.head_error() {
         return Err((End::Failed(error), conn));
     }
+    follow.store(conn, Ordering::Relaxed);
     Ok(WatchStream::new(WatchCall {
         body,
         answer,
@@ -189,6 +201,7 @@ async fn open_watch(
         ended: false,
         _request: request,
         slot,
+        follow,
     }))
 }
 
@@ -202,6 +215,16 @@ struct WatchCall {
     ended: bool,
     _request: h2::SendStream<Bytes>,
     slot: Slot,
+    follow: Arc<AtomicU64>,
+}
+
+impl Drop for WatchCall {
+    fn drop(&mut self) {
+        let conn = self.slot.conn_id();
+        let _ = self
+            .follow
+            .compare_exchange(conn, 0, Ordering::Relaxed, Ordering::Relaxed);
+    }
 }
 
 impl WatchCall {

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -39,6 +40,9 @@ pub struct ProbeConfig {
     /// The most HTTP/2 connections to one endpoint (more are opened only when the
     /// backend's stream limit is reached on every one).
     pub max_connections: usize,
+    /// A connection that carries streams and was silent this long is PINGed
+    /// (`liveness_interval`: how often a watched backend is confirmed alive).
+    pub keepalive: Duration,
     pub tls: TlsSettings,
 }
 
@@ -174,10 +178,7 @@ impl GrpcProbe {
             metadata.retain(|(existing, _)| existing != key.as_str());
             metadata.push((key.as_str().to_string(), value.clone()));
         }
-        let timeouts = Timeouts {
-            connect: config.connect_timeout,
-            rpc: config.rpc_timeout,
-        };
+        let timeouts = Timeouts::of(&config);
         let timeouts = Arc::new(ArcSwap::from_pointee(timeouts));
         let allowlist = Arc::new(ArcSwap::new(Arc::clone(&config.allowlist)));
         let builder = ChannelBuilder {
@@ -339,10 +340,7 @@ struct CountedChannel {
 
 impl Probe for GrpcProbe {
     fn reconfigure(&self, config: &ProbeConfig) {
-        self.timeouts.store(Arc::new(Timeouts {
-            connect: config.connect_timeout,
-            rpc: config.rpc_timeout,
-        }));
+        self.timeouts.store(Arc::new(Timeouts::of(config)));
         self.allowlist.store(Arc::clone(&config.allowlist));
     }
 
@@ -374,6 +372,7 @@ impl Probe for GrpcProbe {
         };
         let (prepared, prepared_watch) = (prepare(Method::Check), prepare(Method::Watch));
         Arc::new(GrpcTarget {
+            watched_on: Arc::new(AtomicU64::new(0)),
             channels,
             prepared,
             prepared_watch,
@@ -386,6 +385,9 @@ impl Probe for GrpcProbe {
 
 struct GrpcTarget {
     channels: Channels,
+    /// The connection of the target's open Watch stream (0: none): its liveness Checks go
+    /// there, so they also prove that connection alive.
+    watched_on: Arc<AtomicU64>,
     /// The requests, built once for every check and watch of this target.
     prepared: Result<Prepared, ProbeError>,
     prepared_watch: Result<Prepared, ProbeError>,
@@ -406,11 +408,32 @@ enum Channels {
     },
 }
 
-/// The two probe timeouts, swapped together on reload.
+/// The probe's timeouts, swapped together on reload.
 #[derive(Clone, Copy, Debug)]
 pub struct Timeouts {
     pub connect: Duration,
     pub rpc: Duration,
+    /// PING a connection with streams after this much silence.
+    pub keepalive: Duration,
+}
+
+impl Timeouts {
+    fn of(config: &ProbeConfig) -> Timeouts {
+        Timeouts {
+            connect: config.connect_timeout,
+            rpc: config.rpc_timeout,
+            keepalive: config.keepalive,
+        }
+    }
+}
+
+impl GrpcTarget {
+    fn following(&self) -> Option<u64> {
+        match self.watched_on.load(Ordering::Relaxed) {
+            0 => None,
+            conn => Some(conn),
+        }
+    }
 }
 
 impl TargetProber for GrpcTarget {
@@ -433,7 +456,7 @@ impl TargetProber for GrpcTarget {
                 },
             };
             match &self.prepared {
-                Ok(prepared) => call::check(channel, prepared).await,
+                Ok(prepared) => call::check(channel, prepared, self.following()).await,
                 Err(error) => Outcome::Failed(error.clone()),
             }
         })
@@ -446,13 +469,15 @@ impl TargetProber for GrpcTarget {
             }
             let prepared = self.prepared_watch.as_ref().map_err(Clone::clone)?;
             match &self.channels {
-                Channels::Shared(Ok(channel)) => call::watch(&channel.channel, prepared).await,
+                Channels::Shared(Ok(channel)) => {
+                    call::watch(&channel.channel, prepared, &self.watched_on).await
+                }
                 Channels::Shared(Err(error)) => Err(error.clone()),
                 // Without the channel cache a stream has a connection of its own, which
                 // lives as long as the stream.
                 Channels::Fresh { builder, key } => {
                     let channel = builder.build(key)?;
-                    let stream = call::watch(&channel.channel, prepared).await?;
+                    let stream = call::watch(&channel.channel, prepared, &self.watched_on).await?;
                     Ok(stream.holding(Box::new(channel)))
                 }
             }

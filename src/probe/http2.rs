@@ -12,8 +12,10 @@
 //!   answer) leaves the pool at once and is closed when its last call ends, and at the
 //!   latest connect + RPC timeout after it was retired.
 //! - A connection is PINGed when a call on it times out, and when it carries streams but
-//!   nothing was heard on it for [`KEEPALIVE_IDLE`]; no answer within the RPC timeout
-//!   closes it.
+//!   nothing was heard on it for `liveness_interval`; no answer within the RPC timeout
+//!   closes it. A watched target's liveness Check goes to its stream's connection, so a
+//!   gRPC server sees data between PINGs (grpc-go and C-core answer frequent PINGs
+//!   without data with GOAWAY `too_many_pings`).
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -50,10 +52,6 @@ pub const MAX_RESET_STREAMS: usize = 64;
 /// Streams the backend may make the agent reset by breaking the protocol, before h2
 /// closes the connection.
 pub const MAX_ERROR_RESETS: usize = 64;
-/// A connection that carries streams and from which nothing was heard this long is
-/// PINGed. Long, because gRPC servers count frequent PINGs without data as abuse
-/// (grpc-go and C-core answer GOAWAY `too_many_pings`).
-pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 
 /// TLS for an `ssl` endpoint: the client configuration and the name to verify.
 #[derive(Clone)]
@@ -138,24 +136,26 @@ impl Endpoint {
         **self.timeouts.load()
     }
 
-    /// A stream slot for a call, on a connection that is not `avoid` (the one a call the
-    /// backend did not process came back from), connecting if needed. A Check waits for a
-    /// slot until `deadline`; a Watch with no room anywhere fails at once.
+    /// A stream slot for a call, on `prefer` if it has room, never on `avoid` (the
+    /// connection a call the backend did not process came back from), connecting if
+    /// needed. A Check waits for a slot until `deadline`; a Watch with no room anywhere
+    /// fails at once.
     pub async fn slot(
         &self,
         purpose: Use,
+        prefer: Option<u64>,
         avoid: Option<u64>,
         deadline: Instant,
     ) -> Result<Slot, ProbeError> {
         let timeouts = self.timeouts();
         loop {
             let freed = self.freed.notified();
-            match self.place(purpose, avoid) {
+            match self.place(purpose, prefer, avoid) {
                 Placement::Slot(slot) => return Ok(slot),
                 Placement::Connect => {
                     let _connecting = self.connecting.lock().await;
                     // Another call may have connected while this one waited.
-                    if let Placement::Slot(slot) = self.place(purpose, avoid) {
+                    if let Placement::Slot(slot) = self.place(purpose, prefer, avoid) {
                         return Ok(slot);
                     }
                     let connect_by = deadline.min(Instant::now() + timeouts.connect);
@@ -183,9 +183,16 @@ impl Endpoint {
         }
     }
 
-    fn place(&self, purpose: Use, avoid: Option<u64>) -> Placement {
+    fn place(&self, purpose: Use, prefer: Option<u64>, avoid: Option<u64>) -> Placement {
         let mut pool = self.pool.lock().expect("pool lock poisoned");
         pool.retain(|conn| conn.control.usable());
+        if let Some(conn) = pool
+            .iter()
+            .find(|conn| Some(conn.id) == prefer && Some(conn.id) != avoid)
+            && conn.has_room(purpose)
+        {
+            return Placement::Slot(Slot::take(conn, purpose));
+        }
         let mut others = 0;
         for conn in pool.iter() {
             if Some(conn.id) == avoid {
@@ -283,8 +290,9 @@ impl Endpoint {
         });
         self.gauge.inc();
         let gauge = self.gauge.clone();
+        let timeouts = Arc::clone(&self.timeouts);
         tokio::spawn(async move {
-            drive(connection, pings, &control, timeouts).await;
+            drive(connection, pings, &control, &timeouts).await;
             gauge.dec();
         });
         Ok(conn)
@@ -390,9 +398,8 @@ impl Control {
         self.heard.store(now, Ordering::Relaxed);
     }
 
-    fn silent_for(&self) -> Duration {
-        let heard = Duration::from_millis(self.heard.load(Ordering::Relaxed));
-        self.epoch.elapsed().saturating_sub(heard)
+    fn heard_at(&self) -> Instant {
+        self.epoch + Duration::from_millis(self.heard.load(Ordering::Relaxed))
     }
 }
 
@@ -462,18 +469,26 @@ async fn drive(
     connection: h2::client::Connection<Io, Bytes>,
     mut pings: h2::PingPong,
     control: &Control,
-    timeouts: Timeouts,
+    timeouts: &ArcSwap<Timeouts>,
 ) {
     tokio::pin!(connection);
     control.heard_now();
-    let far = || Instant::now() + Duration::from_secs(86_400 * 365);
-    let mut ping_due = far();
+    let mut ping_now = false;
     let mut pong_due: Option<Instant> = None;
     let mut close_by: Option<Instant> = None;
-    let mut keepalive = tokio::time::interval(KEEPALIVE_IDLE);
-    keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    keepalive.reset();
+    // When the keep-alive last looked: an idle connection (no streams) is looked at again
+    // one keep-alive later, not at once.
+    let mut looked = Instant::now();
     let reason = loop {
+        let settings = **timeouts.load();
+        if ping_now && pong_due.is_none() {
+            ping_now = false;
+            if let Err(error) = pings.send_ping(h2::Ping::opaque()) {
+                break errors::connection(&error);
+            }
+            pong_due = Some(Instant::now() + settings.rpc);
+        }
+        let keepalive_at = control.heard_at().max(looked) + settings.keepalive;
         tokio::select! {
             ended = &mut connection => {
                 break match ended {
@@ -493,25 +508,17 @@ async fn drive(
             _ = sleep_until(pong_due), if pong_due.is_some() => {
                 break ProbeError::Transport(format!(
                     "no answer to PING within {}ms",
-                    timeouts.rpc.as_millis()
+                    settings.rpc.as_millis()
                 ));
             }
-            _ = control.ping_now.notified(), if pong_due.is_none() => ping_due = Instant::now(),
-            _ = keepalive.tick(), if pong_due.is_none() => {
+            _ = control.ping_now.notified(), if pong_due.is_none() => ping_now = true,
+            _ = tokio::time::sleep_until(keepalive_at), if pong_due.is_none() => {
+                looked = Instant::now();
                 let busy = control.streams.load(Ordering::Relaxed) > 0;
-                if busy && control.silent_for() >= KEEPALIVE_IDLE {
-                    ping_due = Instant::now();
-                }
-            }
-            _ = tokio::time::sleep_until(ping_due), if pong_due.is_none() => {
-                ping_due = far();
-                if let Err(error) = pings.send_ping(h2::Ping::opaque()) {
-                    break errors::connection(&error);
-                }
-                pong_due = Some(Instant::now() + timeouts.rpc);
+                ping_now = busy && control.heard_at() + settings.keepalive <= looked;
             }
             _ = control.retiring.cancelled(), if close_by.is_none() => {
-                close_by = Some(Instant::now() + timeouts.connect + timeouts.rpc);
+                close_by = Some(Instant::now() + settings.connect + settings.rpc);
             }
             _ = sleep_until(close_by), if close_by.is_some() => {
                 break control
