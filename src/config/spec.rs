@@ -275,7 +275,7 @@ pub const SETTINGS: &[Spec] = &[
         Some("10s"),
         "duration",
         Live,
-        "while a target is watched, how often a Check confirms the backend still answers",
+        "while a target is watched, how often a Check confirms the backend still answers; also how long a backend connection with streams may stay silent before it is PINGed",
     ),
     spec(
         "trust_watch",
