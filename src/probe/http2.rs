@@ -471,24 +471,22 @@ async fn drive(
     control: &Control,
     timeouts: &ArcSwap<Timeouts>,
 ) {
+    // The task wakes for every frame: the futures it waits on are made once and re-armed
+    // only when their deadline moves, so a wake costs no timer work.
     tokio::pin!(connection);
     control.heard_now();
+    let settings = **timeouts.load();
+    let mut keepalive_at = Instant::now() + settings.keepalive;
+    let mut armed = keepalive_at;
+    let timer = tokio::time::sleep_until(armed);
+    let ping_request = control.ping_now.notified();
+    let retiring = control.retiring.cancelled();
+    tokio::pin!(timer, ping_request, retiring);
     let mut ping_now = false;
     let mut pong_due: Option<Instant> = None;
     let mut close_by: Option<Instant> = None;
-    // When the keep-alive last looked: an idle connection (no streams) is looked at again
-    // one keep-alive later, not at once.
-    let mut looked = Instant::now();
     let reason = loop {
-        let settings = **timeouts.load();
-        if ping_now && pong_due.is_none() {
-            ping_now = false;
-            if let Err(error) = pings.send_ping(h2::Ping::opaque()) {
-                break errors::connection(&error);
-            }
-            pong_due = Some(Instant::now() + settings.rpc);
-        }
-        let keepalive_at = control.heard_at().max(looked) + settings.keepalive;
+        let mut fired = false;
         tokio::select! {
             ended = &mut connection => {
                 break match ended {
@@ -496,45 +494,66 @@ async fn drive(
                     Err(error) => errors::connection(&error),
                 };
             }
-            pong = poll_fn(|cx| pings.poll_pong(cx)), if pong_due.is_some() => {
-                match pong {
-                    Ok(_) => {
-                        pong_due = None;
-                        control.heard_now();
-                    }
-                    Err(error) => break errors::connection(&error),
+            pong = poll_fn(|cx| pings.poll_pong(cx)), if pong_due.is_some() => match pong {
+                Ok(_) => {
+                    pong_due = None;
+                    control.heard_now();
                 }
+                Err(error) => break errors::connection(&error),
+            },
+            _ = &mut ping_request => {
+                ping_request.set(control.ping_now.notified());
+                ping_now = true;
             }
-            _ = sleep_until(pong_due), if pong_due.is_some() => {
-                break ProbeError::Transport(format!(
-                    "no answer to PING within {}ms",
-                    settings.rpc.as_millis()
-                ));
-            }
-            _ = control.ping_now.notified(), if pong_due.is_none() => ping_now = true,
-            _ = tokio::time::sleep_until(keepalive_at), if pong_due.is_none() => {
-                looked = Instant::now();
-                let busy = control.streams.load(Ordering::Relaxed) > 0;
-                ping_now = busy && control.heard_at() + settings.keepalive <= looked;
-            }
-            _ = control.retiring.cancelled(), if close_by.is_none() => {
+            _ = &mut retiring, if close_by.is_none() => {
+                let settings = **timeouts.load();
                 close_by = Some(Instant::now() + settings.connect + settings.rpc);
             }
-            _ = sleep_until(close_by), if close_by.is_some() => {
-                break control
-                    .retired_reason()
-                    .unwrap_or_else(|| ProbeError::transport("connection retired"));
+            _ = &mut timer => fired = true,
+        }
+        let settings = **timeouts.load();
+        let now = Instant::now();
+        if let Some(by) = close_by
+            && now >= by
+        {
+            break control
+                .retired_reason()
+                .unwrap_or_else(|| ProbeError::transport("connection retired"));
+        }
+        if pong_due.is_some_and(|due| now >= due) {
+            break ProbeError::Transport(format!(
+                "no answer to PING within {}ms",
+                settings.rpc.as_millis()
+            ));
+        }
+        if fired && now >= keepalive_at {
+            // A connection with streams that was silent for the keep-alive is PINGed; the
+            // next look is a keep-alive after the later of the last answer and now.
+            let busy = control.streams.load(Ordering::Relaxed) > 0;
+            ping_now |= busy && control.heard_at() + settings.keepalive <= now;
+            keepalive_at = control.heard_at().max(now) + settings.keepalive;
+            if keepalive_at <= now {
+                keepalive_at = now + settings.keepalive;
             }
+        }
+        if ping_now && pong_due.is_none() {
+            ping_now = false;
+            if let Err(error) = pings.send_ping(h2::Ping::opaque()) {
+                break errors::connection(&error);
+            }
+            pong_due = Some(now + settings.rpc);
+        }
+        let next = [Some(keepalive_at), pong_due, close_by]
+            .into_iter()
+            .flatten()
+            .min()
+            .expect("the keep-alive is always set");
+        if next != armed || fired {
+            armed = next;
+            timer.as_mut().reset(armed);
         }
     };
     control.retire(reason);
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// The first bytes a backend sent, kept to explain a connection that never spoke HTTP/2.
