@@ -19,7 +19,7 @@
 
 use std::future::poll_fn;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -28,9 +28,8 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::connect::{ConnectFailure, ConnectTo};
 use super::grpc::Timeouts;
@@ -98,7 +97,36 @@ pub struct Endpoint {
     /// Held while connecting, so calls that need a connection at once share one connect.
     connecting: tokio::sync::Mutex<()>,
     /// Woken when a stream slot frees or a connection leaves the pool.
-    freed: Arc<Notify>,
+    freed: Arc<Freed>,
+}
+
+/// Wakes Checks waiting for a stream slot; costs a freed slot nothing when none waits.
+#[derive(Default)]
+struct Freed {
+    notify: Notify,
+    waiting: AtomicUsize,
+}
+
+impl Freed {
+    /// Counts a waiter while the guard lives.
+    fn wait(&self) -> impl Drop + '_ {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        Waiting(self)
+    }
+
+    fn wake(&self) {
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.notify.notify_waiters();
+        }
+    }
+}
+
+struct Waiting<'a>(&'a Freed);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Where a call may go, decided under the pool lock.
@@ -128,7 +156,7 @@ impl Endpoint {
             gauge,
             pool: Mutex::new(Vec::new()),
             connecting: tokio::sync::Mutex::new(()),
-            freed: Arc::new(Notify::new()),
+            freed: Arc::new(Freed::default()),
         }
     }
 
@@ -149,7 +177,6 @@ impl Endpoint {
     ) -> Result<Slot, ProbeError> {
         let timeouts = self.timeouts();
         loop {
-            let freed = self.freed.notified();
             match self.place(purpose, prefer, avoid) {
                 Placement::Slot(slot) => return Ok(slot),
                 Placement::Connect => {
@@ -173,6 +200,14 @@ impl Endpoint {
                     ));
                 }
                 Placement::Full => {
+                    let freed = self.freed.notify.notified();
+                    tokio::pin!(freed);
+                    freed.as_mut().enable();
+                    let _waiting = self.freed.wait();
+                    // A slot freed since `place` looked would not wake this call.
+                    if let Placement::Slot(slot) = self.place(purpose, prefer, avoid) {
+                        return Ok(slot);
+                    }
                     if tokio::time::timeout_at(deadline, freed).await.is_err() {
                         return Err(ProbeError::transport(
                             "no free stream: the backend's stream limit is reached on every connection",
@@ -282,7 +317,8 @@ impl Endpoint {
                 self.tls.as_ref().is_some_and(|tls| tls.client_auth),
             ));
         }
-        let control = Arc::new(Control::new(Arc::clone(&self.freed)));
+        let (control, signals) = Control::new(Arc::clone(&self.freed));
+        let control = Arc::new(control);
         let conn = Arc::new(Conn {
             id: NEXT_CONN.fetch_add(1, Ordering::Relaxed),
             sender,
@@ -292,7 +328,7 @@ impl Endpoint {
         let gauge = self.gauge.clone();
         let timeouts = Arc::clone(&self.timeouts);
         tokio::spawn(async move {
-            drive(connection, pings, &control, &timeouts).await;
+            drive(connection, pings, signals, &control, &timeouts).await;
             gauge.dec();
         });
         Ok(conn)
@@ -323,12 +359,15 @@ pub struct Conn {
 
 impl Conn {
     fn has_room(&self, purpose: Use) -> bool {
-        let limit = self.sender.current_max_send_streams();
-        let streams = self.control.streams.load(Ordering::Relaxed);
+        // Asking h2 for the backend's limit takes its lock: a Check on a connection with
+        // no stream of ours needs no answer (a backend allowing none at all holds the
+        // stream in h2's queue, within the call's deadline).
+        let streams = self.control.streams.load(Ordering::SeqCst);
         match purpose {
-            Use::Check => streams < limit,
+            Use::Check => streams == 0 || streams < self.sender.current_max_send_streams(),
             // One slot stays free for Checks after the Watch.
             Use::Watch => {
+                let limit = self.sender.current_max_send_streams();
                 streams < limit && self.control.watches.load(Ordering::Relaxed) + 1 < limit
             }
         }
@@ -351,32 +390,52 @@ struct Control {
     watches: AtomicUsize,
     /// Why no new call may start here; set once.
     retired: Mutex<Option<ProbeError>>,
-    /// Tells the driver the connection was retired (bounds its remaining life).
-    retiring: CancellationToken,
-    /// Asks the driver for a PING now (a call timed out).
-    ping_now: Notify,
+    /// Set once, when it is retired: read on every placement, without a lock.
+    retired_flag: AtomicBool,
+    /// Whether a PING is asked for and not yet sent (asks in between are one).
+    ping_asked: AtomicBool,
+    /// Tells the driver of a retirement or a PING asked for; cheap for the driver to poll
+    /// on every wake.
+    signals: mpsc::UnboundedSender<Signal>,
     /// When the backend last answered something here (ms since `epoch`).
     heard: AtomicU64,
     epoch: Instant,
-    freed: Arc<Notify>,
+    freed: Arc<Freed>,
+}
+
+/// What a connection's calls tell its driver.
+#[derive(Clone, Copy, Debug)]
+enum Signal {
+    Retired,
+    Ping,
 }
 
 impl Control {
-    fn new(freed: Arc<Notify>) -> Control {
-        Control {
+    fn new(freed: Arc<Freed>) -> (Control, mpsc::UnboundedReceiver<Signal>) {
+        let (signals, received) = mpsc::unbounded_channel();
+        let control = Control {
             streams: AtomicUsize::new(0),
             watches: AtomicUsize::new(0),
             retired: Mutex::new(None),
-            retiring: CancellationToken::new(),
-            ping_now: Notify::new(),
+            retired_flag: AtomicBool::new(false),
+            ping_asked: AtomicBool::new(false),
+            signals,
             heard: AtomicU64::new(0),
             epoch: Instant::now(),
             freed,
+        };
+        (control, received)
+    }
+
+    /// Asks the driver for a PING (a call timed out).
+    fn ask_ping(&self) {
+        if !self.ping_asked.swap(true, Ordering::Relaxed) {
+            let _ = self.signals.send(Signal::Ping);
         }
     }
 
     fn usable(&self) -> bool {
-        !self.retiring.is_cancelled()
+        !self.retired_flag.load(Ordering::Relaxed)
     }
 
     /// Takes no new call from now on; the first reason is kept.
@@ -385,8 +444,10 @@ impl Control {
             .lock()
             .expect("retired lock poisoned")
             .get_or_insert(reason);
-        self.retiring.cancel();
-        self.freed.notify_waiters();
+        if !self.retired_flag.swap(true, Ordering::Relaxed) {
+            let _ = self.signals.send(Signal::Retired);
+        }
+        self.freed.wake();
     }
 
     fn retired_reason(&self) -> Option<ProbeError> {
@@ -411,7 +472,7 @@ pub struct Slot {
 
 impl Slot {
     fn take(conn: &Arc<Conn>, purpose: Use) -> Slot {
-        conn.control.streams.fetch_add(1, Ordering::Relaxed);
+        conn.control.streams.fetch_add(1, Ordering::SeqCst);
         if purpose == Use::Watch {
             conn.control.watches.fetch_add(1, Ordering::Relaxed);
         }
@@ -436,7 +497,7 @@ impl Slot {
 
     /// A call here timed out: PING the connection to learn whether it is alive.
     pub fn suspect(&self) {
-        self.conn.control.ping_now.notify_one();
+        self.conn.control.ask_ping();
     }
 
     /// This connection takes no new call (GOAWAY, REFUSED_STREAM, a connection error).
@@ -454,11 +515,11 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         let control = &self.conn.control;
-        control.streams.fetch_sub(1, Ordering::Relaxed);
+        control.streams.fetch_sub(1, Ordering::SeqCst);
         if self.purpose == Use::Watch {
             control.watches.fetch_sub(1, Ordering::Relaxed);
         }
-        control.freed.notify_waiters();
+        control.freed.wake();
     }
 }
 
@@ -468,6 +529,7 @@ impl Drop for Slot {
 async fn drive(
     connection: h2::client::Connection<Io, Bytes>,
     mut pings: h2::PingPong,
+    mut signals: mpsc::UnboundedReceiver<Signal>,
     control: &Control,
     timeouts: &ArcSwap<Timeouts>,
 ) {
@@ -479,15 +541,14 @@ async fn drive(
     let mut keepalive_at = Instant::now() + settings.keepalive;
     let mut armed = keepalive_at;
     let timer = tokio::time::sleep_until(armed);
-    let ping_request = control.ping_now.notified();
-    let retiring = control.retiring.cancelled();
-    tokio::pin!(timer, ping_request, retiring);
+    tokio::pin!(timer);
     let mut ping_now = false;
     let mut pong_due: Option<Instant> = None;
     let mut close_by: Option<Instant> = None;
     let reason = loop {
         let mut fired = false;
         tokio::select! {
+            biased;
             ended = &mut connection => {
                 break match ended {
                     Ok(()) => ProbeError::transport("connection closed by backend"),
@@ -501,14 +562,17 @@ async fn drive(
                 }
                 Err(error) => break errors::connection(&error),
             },
-            _ = &mut ping_request => {
-                ping_request.set(control.ping_now.notified());
-                ping_now = true;
-            }
-            _ = &mut retiring, if close_by.is_none() => {
-                let settings = **timeouts.load();
-                close_by = Some(Instant::now() + settings.connect + settings.rpc);
-            }
+            // The sender lives in `control`, so the channel never closes here.
+            Some(signal) = signals.recv() => match signal {
+                Signal::Ping => {
+                    control.ping_asked.store(false, Ordering::Relaxed);
+                    ping_now = true;
+                }
+                Signal::Retired => {
+                    let settings = **timeouts.load();
+                    close_by.get_or_insert(Instant::now() + settings.connect + settings.rpc);
+                }
+            },
             _ = &mut timer => fired = true,
         }
         let settings = **timeouts.load();
