@@ -4,9 +4,9 @@
 mod answer;
 mod call;
 mod connect;
+mod endpoint;
 mod errors;
 mod grpc;
-mod http2;
 mod insecure;
 mod request;
 

@@ -311,7 +311,7 @@ impl Reply {
 /// `reason` without the words (runs of characters between whitespace) that hold a URL; the
 /// words left keep the whitespace that was between them, and none is left at either end.
 /// Borrows when there is nothing to remove, as for every reason the agent makes itself.
-fn without_urls(reason: &str) -> Cow<'_, str> {
+pub fn without_urls(reason: &str) -> Cow<'_, str> {
     if !reason.contains("://") || !reason.split_whitespace().any(is_url) {
         return Cow::Borrowed(reason);
     }

@@ -1,6 +1,6 @@
 //! Reading one gRPC answer into an [`Outcome`], as pure functions over what the HTTP/2
 //! layer hands up: the fields of each header block, the message bytes, the end of the
-//! stream. Every malformed answer has its own reason. No I/O here; [`super::http2`]
+//! stream. Every malformed answer has its own reason. No I/O here; [`super::endpoint`]
 //! feeds it from the `h2` crate's responses.
 
 use std::borrow::Cow;

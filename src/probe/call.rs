@@ -14,8 +14,8 @@ use http::HeaderMap;
 use tokio::time::Instant;
 
 use super::answer::Answer;
+use super::endpoint::{Endpoint, Slot, Use};
 use super::errors::{self, End};
-use super::http2::{Endpoint, Slot, Use};
 use super::request::Prepared;
 use super::{Outcome, ProbeError, ServingStatus, WatchEvent, WatchSource, WatchStream};
 

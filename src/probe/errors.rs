@@ -7,7 +7,7 @@ use std::io;
 use rustls::AlertDescription;
 
 use super::ProbeError;
-use super::http2::{FirstBytes, MAX_FRAME_SIZE, MAX_HEADER_LIST};
+use super::endpoint::{FirstBytes, MAX_FRAME_SIZE, MAX_HEADER_LIST};
 
 /// How a call ended without an outcome.
 #[derive(Debug)]
@@ -113,7 +113,7 @@ pub fn connection(error: &h2::Error) -> ProbeError {
 /// A transport error while the connection was up.
 pub fn io(error: &io::Error) -> ProbeError {
     if let Some(tls) = rustls_error(error) {
-        return ProbeError::Tls(tls.to_string());
+        return ProbeError::Tls(library_text(tls.to_string()));
     }
     if let Some(alert) = received_alert(error) {
         return ProbeError::Tls(format!("the backend sent alert {alert:?}"));
@@ -133,7 +133,7 @@ pub fn tls_handshake(error: &io::Error, client_auth: bool) -> ProbeError {
         Some(rustls::Error::AlertReceived(alert)) if refuses_certificate(*alert) => {
             refused_certificate(*alert, client_auth)
         }
-        Some(tls) => ProbeError::Tls(tls.to_string()),
+        Some(tls) => ProbeError::Tls(library_text(tls.to_string())),
         None if error.kind() == io::ErrorKind::UnexpectedEof => {
             ProbeError::Tls("the backend closed the connection during the handshake".to_string())
         }
@@ -244,14 +244,22 @@ fn rustls_error(error: &io::Error) -> Option<&rustls::Error> {
     error.get_ref()?.downcast_ref::<rustls::Error>()
 }
 
-/// An OS error's text, starting lowercase.
+/// An OS or library error's text, starting lowercase, without links.
 fn lowercase(error: &io::Error) -> String {
-    let text = error.to_string();
+    let text = library_text(error.to_string());
     let mut chars = text.chars();
     match chars.next() {
         Some(first) => first.to_lowercase().chain(chars).collect(),
         None => text,
     }
+}
+
+/// A library's own words without the documentation links some of them carry (a reason
+/// is read in HAProxy's stats, the admin API and logs, where a link is noise).
+fn library_text(text: String) -> String {
+    let kept = crate::protocol::without_urls(&text);
+    kept.trim_end_matches(|c: char| c == ':' || c.is_whitespace())
+        .to_string()
 }
 
 #[cfg(test)]
@@ -274,6 +282,17 @@ mod tests {
             let error = io::Error::new(kind, "Boom");
             assert_eq!(io(&error).to_string(), expected, "{kind:?}");
         }
+    }
+
+    #[test]
+    fn library_texts_lose_their_links() {
+        let error = io::Error::other(
+            "peer closed connection without sending TLS close_notify: https://docs.rs/rustls/latest/rustls/manual/_03_howto/index.html#unexpected-eof",
+        );
+        assert_eq!(
+            io(&error).to_string(),
+            "transport: connection: peer closed connection without sending TLS close_notify"
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The implementation of [`Probe`]: one [`Endpoint`] per backend endpoint (host, port,
 //! tls, authority), shared by every service checked on it, whose HTTP/2 connections
 //! (the `h2` crate, TLS by rustls) are made on demand. The calls are in [`super::call`],
-//! the connections' life in [`super::http2`].
+//! the connections' life in [`super::endpoint`].
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -15,7 +15,7 @@ use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::ServerName;
 
 use super::connect::ConnectTo;
-use super::http2::{Endpoint, Tls};
+use super::endpoint::{Endpoint, Tls};
 use super::request::{Method, Prepared};
 use super::{BoxFuture, Outcome, Probe, ProbeError, TargetProber, WatchStream};
 use super::{call, insecure};
@@ -187,7 +187,7 @@ impl GrpcProbe {
                 .expect("a valid metric name"),
             tls,
             client_auth: config.tls.cert_file.is_some(),
-            h2: super::http2::client_builder(),
+            h2: super::endpoint::client_builder(),
             max_connections: config.max_connections,
             timeouts: Arc::clone(&timeouts),
         };
