@@ -670,6 +670,30 @@ async fn stream_limits_are_respected_watched_and_polled() {
             &format!("{mode}, statuses changed"),
         )
         .await;
+        if mode == "watch" {
+            // A limit of 1 leaves no room for a Watch next to a Check: its targets are
+            // polled, and no Watch ever reaches that backend.
+            let watches = backends[0]
+                .calls()
+                .iter()
+                .filter(|call| call.path.ends_with("/Watch"))
+                .count();
+            assert_eq!(
+                watches, 0,
+                "Watch calls sent to a backend limited to 1 stream"
+            );
+            // With 2 and 4, Watches are open, one stream per connection kept for Checks.
+            for backend in &backends[1..] {
+                assert!(
+                    backend
+                        .calls()
+                        .iter()
+                        .any(|call| call.path.ends_with("/Watch")),
+                    "no Watch on a backend limited to {:?}",
+                    backend.connection(0).limit()
+                );
+            }
+        }
 
         // The servers lower their limit to 1 on the live connections.
         for backend in &backends[1..] {

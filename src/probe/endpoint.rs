@@ -190,9 +190,14 @@ impl Endpoint {
                         tokio::time::timeout_at(connect_by, self.connect(timeouts, connect_by))
                             .await
                             .map_err(|_| ProbeError::ConnectTimeout(timeouts.connect))??;
-                    let slot = Slot::take(&conn, purpose);
+                    // The new connection knows the backend's stream limit: the call goes
+                    // there only if the rule allows (a Watch may not, with a limit of 1).
+                    let fits = conn.has_room(purpose);
+                    let slot = fits.then(|| Slot::take(&conn, purpose));
                     self.pool.lock().expect("pool lock poisoned").push(conn);
-                    return Ok(slot);
+                    if let Some(slot) = slot {
+                        return Ok(slot);
+                    }
                 }
                 Placement::Full if purpose == Use::Watch => {
                     return Err(ProbeError::transport(
@@ -237,6 +242,11 @@ impl Endpoint {
             if conn.has_room(purpose) {
                 return Placement::Slot(Slot::take(conn, purpose));
             }
+        }
+        // A backend whose limit leaves no room for a Watch next to a Check (1) gets no
+        // further connection for one: its next connection would have the same limit.
+        if purpose == Use::Watch && pool.iter().any(|conn| conn.stream_limit() < 2) {
+            return Placement::Full;
         }
         // The connection to avoid still counts against the bound, unless it is the only
         // one: a retry must be able to go somewhere else.
@@ -358,6 +368,10 @@ pub struct Conn {
 }
 
 impl Conn {
+    fn stream_limit(&self) -> usize {
+        self.sender.current_max_send_streams()
+    }
+
     fn has_room(&self, purpose: Use) -> bool {
         // Asking h2 for the backend's limit takes its lock: a Check on a connection with
         // no stream of ours needs no answer (a backend allowing none at all holds the
