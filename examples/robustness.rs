@@ -302,6 +302,8 @@ async fn flood(
                     .map(|dir| dir.count())
                     .unwrap_or(0) as u64;
                 most_fds.fetch_max(fds, Ordering::Relaxed);
+                // The sampler's own thread, not a runtime worker.
+                #[allow(clippy::disallowed_methods)]
                 std::thread::sleep(Duration::from_millis(5));
             }
         })

@@ -173,6 +173,8 @@ fn start_measured(
 }
 
 /// `--detect`: one agent per mode on the same farm.
+// The benchmark's main thread waits out its measured windows; no runtime runs on it.
+#[allow(clippy::disallowed_methods)]
 fn detect_modes(
     args: &Args,
     targets: usize,
@@ -222,6 +224,7 @@ fn detect_modes(
 
 /// Registers every target, then the idle window and (unless `--concurrency 0`) the
 /// loaded one.
+#[allow(clippy::disallowed_methods)] // the main thread waits out the windows, as above
 fn windows(
     args: &Args,
     agent: &AgentProcess,

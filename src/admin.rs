@@ -136,6 +136,7 @@ pub fn spawn(listener: TcpListener, state: State, shutdown: Shutdown) -> AdminTh
 }
 
 /// nice +10 for the calling thread (Linux applies nice per thread).
+#[allow(unsafe_code)]
 fn lower_priority() {
     #[cfg(target_os = "linux")]
     // SAFETY: setpriority with PRIO_PROCESS and who = 0 changes only the calling thread's

@@ -7,6 +7,10 @@
 //! [`responder`] writes it. Beside it, [`admin`] shows and steers the cache over HTTP and
 //! serves [`metrics`]; [`events`] carries state changes to it. See ARCHITECTURE.md.
 
+// Two system calls need `unsafe` (the open-file limit here, the admin thread's priority);
+// each is allowed where it is, with its SAFETY comment. Nothing else may use it.
+#![deny(unsafe_code)]
+
 pub mod admin;
 pub mod allowlist;
 pub mod commands;
@@ -41,6 +45,7 @@ use crate::shutdown::Shutdown;
 /// (1024) is far below what a large farm needs: raises it to the hard limit, as Go's
 /// runtime does (systemd's LimitNOFILE sets the hard limit). Returns the old and new soft
 /// limits when it changed anything.
+#[allow(unsafe_code)]
 pub fn raise_open_file_limit() -> Option<(u64, u64)> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,

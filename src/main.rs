@@ -1,6 +1,8 @@
 //! The daemon: parse the command line, load and validate the configuration, then run the
 //! agent (bind, log the addresses, serve until a signal, drain) or a one-shot command.
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 use std::time::Duration;
 

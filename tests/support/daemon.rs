@@ -116,6 +116,8 @@ impl Daemon {
                     self.log()
                 );
             }
+            // A sync helper polling a child process with a deadline, not async code.
+            #[allow(clippy::disallowed_methods)]
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -170,6 +172,8 @@ impl Daemon {
             if Instant::now() >= deadline {
                 panic!("the agent did not exit within {within:?}");
             }
+            // A sync helper polling a child process with a deadline, not async code.
+            #[allow(clippy::disallowed_methods)]
             std::thread::sleep(Duration::from_millis(20));
         }
     }
