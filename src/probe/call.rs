@@ -33,10 +33,8 @@ pub async fn check(endpoint: &Endpoint, prepared: &Prepared, prefer: Option<u64>
         let rpc_by = deadline.min(Instant::now() + timeouts.rpc);
         match tokio::time::timeout_at(rpc_by, exchange(&slot, prepared, rpc_by)).await {
             Ok(Ok(outcome)) => return outcome,
-            Ok(Err(End::Unprocessed(error))) if avoid.is_none() => {
-                slot.retire(error);
-                avoid = Some(slot.conn_id());
-            }
+            // `send` and `failed` retired the connection already.
+            Ok(Err(End::Unprocessed(_))) if avoid.is_none() => avoid = Some(slot.conn_id()),
             Ok(Err(end)) => return Outcome::Failed(end.error()),
             Err(_) => {
                 // The stream is reset as the call is dropped; the connection is asked
@@ -96,33 +94,22 @@ fn send(
     Ok((response, request))
 }
 
-/// A failed stream's end; a connection-level failure retires the connection.
+/// A failed stream's end. A connection-level failure, or REFUSED_STREAM (a backend over
+/// its limit or going away), retires the connection: a retry goes to another.
 fn failed(slot: &Slot, error: &h2::Error) -> End {
     let end = errors::stream(error);
-    if !error.is_reset() {
-        let reason = match &end {
-            End::Unprocessed(error) | End::Failed(error) => error.clone(),
-        };
-        slot.retire(reason);
-        // h2 fails the streams of a connection that ended with a broken pipe of its own
-        // making; the connection's reason (a GOAWAY's code and text) says more.
-        let synthetic = error
-            .get_io()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe);
-        if synthetic && let Some(reason) = slot.retired_reason() {
-            return End::Failed(reason);
-        }
-    } else if matches!(end, End::Unprocessed(_)) {
-        // REFUSED_STREAM: the retry goes to another connection, and this one takes no
-        // more (a backend refusing streams is over its limit or going away).
-        slot.retire(end_reason(&end));
+    if error.is_reset() && matches!(end, End::Failed(_)) {
+        return end;
     }
-    end
-}
-
-fn end_reason(end: &End) -> ProbeError {
-    match end {
-        End::Unprocessed(error) | End::Failed(error) => error.clone(),
+    slot.retire(end.reason().clone());
+    // h2 fails the streams of a connection that ended with a broken pipe of its own
+    // making; the connection's reason (a GOAWAY's code and text) says more.
+    let synthetic = error
+        .get_io()
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe);
+    match slot.retired_reason() {
+        Some(reason) if synthetic => End::Failed(reason),
+        _ => end,
     }
 }
 

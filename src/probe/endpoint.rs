@@ -378,10 +378,10 @@ impl Conn {
         // stream in h2's queue, within the call's deadline).
         let streams = self.control.streams.load(Ordering::SeqCst);
         match purpose {
-            Use::Check => streams == 0 || streams < self.sender.current_max_send_streams(),
+            Use::Check => streams == 0 || streams < self.stream_limit(),
             // One slot stays free for Checks after the Watch.
             Use::Watch => {
-                let limit = self.sender.current_max_send_streams();
+                let limit = self.stream_limit();
                 streams < limit && self.control.watches.load(Ordering::Relaxed) + 1 < limit
             }
         }
@@ -605,14 +605,17 @@ async fn drive(
             ));
         }
         if fired && now >= keepalive_at {
-            // A connection with streams that was silent for the keep-alive is PINGed; the
-            // next look is a keep-alive after the later of the last answer and now.
+            // A connection with streams that was silent for the keep-alive is PINGed. The
+            // next look is when the silence would reach the keep-alive, or (silent now,
+            // or idle) a keep-alive from now.
+            let silent_until = control.heard_at() + settings.keepalive;
             let busy = control.streams.load(Ordering::Relaxed) > 0;
-            ping_now |= busy && control.heard_at() + settings.keepalive <= now;
-            keepalive_at = control.heard_at().max(now) + settings.keepalive;
-            if keepalive_at <= now {
-                keepalive_at = now + settings.keepalive;
-            }
+            ping_now |= busy && silent_until <= now;
+            keepalive_at = if silent_until > now {
+                silent_until
+            } else {
+                now + settings.keepalive
+            };
         }
         if ping_now && pong_due.is_none() {
             ping_now = false;

@@ -24,6 +24,12 @@ impl End {
             End::Unprocessed(error) | End::Failed(error) => error,
         }
     }
+
+    pub fn reason(&self) -> &ProbeError {
+        match self {
+            End::Unprocessed(error) | End::Failed(error) => error,
+        }
+    }
 }
 
 /// The name of an HTTP/2 error code, as RFC 9113 spells it.

@@ -155,7 +155,7 @@ struct ChannelBuilder {
 
 /// Weak handles, so a channel lives exactly as long as some target's prober holds it.
 struct ChannelPool {
-    channels: HashMap<EndpointKey, Weak<CountedChannel>>,
+    channels: HashMap<EndpointKey, Weak<Endpoint>>,
     prune_at: usize,
 }
 
@@ -212,7 +212,7 @@ impl GrpcProbe {
     }
 
     /// The shared channel for the target's endpoint, made on first use.
-    fn channel(&self, target: &Target) -> Result<Arc<CountedChannel>, ProbeError> {
+    fn channel(&self, target: &Target) -> Result<Arc<Endpoint>, ProbeError> {
         let key = EndpointKey::of(target);
         let mut pool = self.channels.lock().expect("channel pool lock poisoned");
         if let Some(channel) = pool.channels.get(&key).and_then(Weak::upgrade) {
@@ -241,8 +241,8 @@ impl EndpointKey {
 }
 
 impl ChannelBuilder {
-    /// A lazily connecting channel: the connection is made by its first call.
-    fn build(&self, key: &EndpointKey) -> Result<CountedChannel, ProbeError> {
+    /// An endpoint whose connections are made by the calls that need them.
+    fn build(&self, key: &EndpointKey) -> Result<Endpoint, ProbeError> {
         let tls = if key.tls {
             Some(Tls {
                 config: Arc::clone(&self.tls),
@@ -258,16 +258,14 @@ impl ChannelBuilder {
             timeouts: Arc::clone(&self.timeouts),
             allowlist: Arc::clone(&self.allowlist),
         };
-        Ok(CountedChannel {
-            channel: Endpoint::new(
-                connect_to,
-                tls,
-                Arc::clone(&self.timeouts),
-                self.h2.clone(),
-                self.max_connections,
-                self.gauge.clone(),
-            ),
-        })
+        Ok(Endpoint::new(
+            connect_to,
+            tls,
+            Arc::clone(&self.timeouts),
+            self.h2.clone(),
+            self.max_connections,
+            self.gauge.clone(),
+        ))
     }
 }
 
@@ -333,11 +331,6 @@ fn client_tls(settings: &TlsSettings) -> Result<Arc<rustls::ClientConfig>, Probe
     Ok(Arc::new(config))
 }
 
-/// An endpoint's connections (each counts itself in `grpc_channels_active`).
-struct CountedChannel {
-    channel: Endpoint,
-}
-
 impl Probe for GrpcProbe {
     fn reconfigure(&self, config: &ProbeConfig) {
         self.timeouts.store(Arc::new(Timeouts::of(config)));
@@ -399,9 +392,9 @@ struct GrpcTarget {
 
 /// Where a target's checks get their channel.
 enum Channels {
-    /// The endpoint's shared channel: one connection, kept between checks.
-    Shared(Result<Arc<CountedChannel>, ProbeError>),
-    /// A new channel (and connection) for every check, closed when the check ends.
+    /// The endpoint shared by every target on it: its connections, kept between checks.
+    Shared(Result<Arc<Endpoint>, ProbeError>),
+    /// A new endpoint (and connection) for every check, closed when the check ends.
     Fresh {
         builder: Box<ChannelBuilder>,
         key: EndpointKey,
@@ -445,12 +438,12 @@ impl TargetProber for GrpcTarget {
             // A fresh channel lives (and counts) until this check ends.
             let fresh;
             let channel = match &self.channels {
-                Channels::Shared(Ok(channel)) => &channel.channel,
+                Channels::Shared(Ok(channel)) => channel,
                 Channels::Shared(Err(error)) => return Outcome::Failed(error.clone()),
                 Channels::Fresh { builder, key } => match builder.build(key) {
                     Ok(channel) => {
                         fresh = channel;
-                        &fresh.channel
+                        &fresh
                     }
                     Err(error) => return Outcome::Failed(error),
                 },
@@ -470,14 +463,14 @@ impl TargetProber for GrpcTarget {
             let prepared = self.prepared_watch.as_ref().map_err(Clone::clone)?;
             match &self.channels {
                 Channels::Shared(Ok(channel)) => {
-                    call::watch(&channel.channel, prepared, &self.watched_on).await
+                    call::watch(channel, prepared, &self.watched_on).await
                 }
                 Channels::Shared(Err(error)) => Err(error.clone()),
                 // Without the channel cache a stream has a connection of its own, which
                 // lives as long as the stream.
                 Channels::Fresh { builder, key } => {
                     let channel = builder.build(key)?;
-                    let stream = call::watch(&channel.channel, prepared, &self.watched_on).await?;
+                    let stream = call::watch(&channel, prepared, &self.watched_on).await?;
                     Ok(stream.holding(Box::new(channel)))
                 }
             }
