@@ -60,38 +60,6 @@ async fn together() -> RwLockReadGuard<'static, ()> {
     SERIAL.read().await
 }
 
-/// Polls every line until each reply starts with its prefix; panics with the ones that do
-/// not after `within`.
-async fn answers_become(
-    agent: std::net::SocketAddr,
-    expected: &[(String, &str)],
-    within: Duration,
-    case: &str,
-) {
-    let deadline = Instant::now() + within;
-    loop {
-        let mut wrong = Vec::new();
-        for (line, prefix) in expected {
-            let reply = ask(agent, line).await;
-            if !reply.starts_with(prefix) {
-                wrong.push(format!("{line:?}: expected {prefix:?}, got {reply:?}"));
-            }
-        }
-        if wrong.is_empty() {
-            return;
-        }
-        if Instant::now() >= deadline {
-            panic!(
-                "{case}: {} of {} targets still wrong after {within:?}:\n{}",
-                wrong.len(),
-                expected.len(),
-                wrong.join("\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Asks for every line at once, so that registering many targets costs one miss timeout.
 async fn register(agent: std::net::SocketAddr, lines: &[String]) {
     let mut asks = tokio::task::JoinSet::new();
@@ -225,7 +193,7 @@ async fn slow_answers_are_reset_and_do_not_wedge_the_target() {
             (line_for(backend.port, service), "up #SERVING")
         })
         .collect();
-    answers_become(agent.addr, &up, Duration::from_secs(5), "before").await;
+    replies_become(agent.addr, &up, Duration::from_secs(5), "before").await;
 
     slow.store(true, Ordering::SeqCst);
     eventually(
@@ -235,7 +203,7 @@ async fn slow_answers_are_reset_and_do_not_wedge_the_target() {
     )
     .await;
     slow.store(false, Ordering::SeqCst);
-    answers_become(
+    replies_become(
         agent.addr,
         &up,
         Duration::from_secs(3),
@@ -444,7 +412,7 @@ async fn an_hpack_flood_does_not_slow_other_answers() {
     let agent = daemon.addr();
     register(agent, &lines).await;
     let up: Vec<(String, &str)> = lines.iter().map(|l| (l.clone(), "up #SERVING")).collect();
-    answers_become(agent, &up, Duration::from_secs(5), "before the flood").await;
+    replies_become(agent, &up, Duration::from_secs(5), "before the flood").await;
 
     let (baseline, baseline_cpu) = latencies(&daemon, &lines, 2000).await;
     let flood_lines: Vec<String> = floods.iter().map(|f| line_for(f.port, "")).collect();
@@ -656,14 +624,14 @@ async fn stream_limits_are_respected_watched_and_polled() {
         let within = Duration::from_secs(15);
         let expected = set_round(0);
         register(agent.addr, &lines).await;
-        answers_become(
+        replies_become(
             agent.addr,
             &expected,
             within,
             &format!("{mode}, first answers"),
         )
         .await;
-        answers_become(
+        replies_become(
             agent.addr,
             &set_round(1),
             within,
@@ -711,7 +679,7 @@ async fn stream_limits_are_respected_watched_and_polled() {
             },
         )
         .await;
-        answers_become(
+        replies_become(
             agent.addr,
             &set_round(2),
             within,

@@ -10,7 +10,6 @@ mod support;
 #[path = "interop/server.rs"]
 mod server;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use server::{Config, Server, Stack, Status};
@@ -46,54 +45,6 @@ async fn fast_agent(mode: Mode, extra: &[&str]) -> Agent {
     ];
     flags.extend_from_slice(extra);
     start_agent(&flags).await
-}
-
-/// The agent's `/backends` view of `line`.
-async fn view(agent: &Agent, line: &str) -> serde_json::Value {
-    let backends = support::http::get(agent.admin, "/backends").await.json();
-    backends
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|backend| backend["line"] == line)
-        .cloned()
-        .unwrap_or_else(|| panic!("{line} is not registered: {backends}"))
-}
-
-/// Waits until every line's reply starts with its prefix, asking them all at once as
-/// HAProxy does; panics with every line's last reply after `within`.
-async fn all_read(addr: SocketAddr, expected: &[(String, &'static str)], within: Duration) {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let mut asking = tokio::task::JoinSet::new();
-        for (index, (line, _)) in expected.iter().enumerate() {
-            let line = line.clone();
-            asking.spawn(async move { (index, ask(addr, &line).await) });
-        }
-        let mut replies = vec![String::new(); expected.len()];
-        while let Some(answer) = asking.join_next().await {
-            let (index, reply) = answer.unwrap();
-            replies[index] = reply;
-        }
-        let wrong: Vec<String> = expected
-            .iter()
-            .zip(&replies)
-            .filter(|((_, prefix), reply)| !reply.starts_with(prefix))
-            .map(|((line, prefix), reply)| format!("{line:?}: wanted {prefix:?}, got {reply:?}"))
-            .collect();
-        if wrong.is_empty() {
-            return;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            panic!(
-                "{} of {} targets did not read right within {within:?}:\n{}",
-                wrong.len(),
-                expected.len(),
-                wrong.join("\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Flips the whole server and a named service down and back up; the other one keeps
@@ -142,7 +93,11 @@ async fn unknown_service(stack: Stack, mode: Mode) {
     server.set(missing, Status::Serving).await;
     reply_becomes(agent.addr, &line, "up #SERVING", WITHIN).await;
     if let Mode::Watch = mode {
-        assert_eq!(view(&agent, &line).await["mode"], "watch", "{stack}");
+        assert_eq!(
+            backend_view(&agent, &line).await["mode"],
+            "watch",
+            "{stack}"
+        );
     }
 }
 
@@ -162,12 +117,20 @@ async fn watch_streams_carry_the_changes(stack: Stack) {
     .await;
     let line = line_for(server.port, SERVICE);
     reply_becomes(agent.addr, &line, "up #SERVING", WITHIN).await;
-    assert_eq!(view(&agent, &line).await["mode"], "watch", "{stack}");
+    assert_eq!(
+        backend_view(&agent, &line).await["mode"],
+        "watch",
+        "{stack}"
+    );
     server.set(SERVICE, Status::NotServing).await;
     reply_becomes(agent.addr, &line, "down #NOT_SERVING", QUICKLY).await;
     server.set(SERVICE, Status::Serving).await;
     reply_becomes(agent.addr, &line, "up #SERVING", QUICKLY).await;
-    assert_eq!(view(&agent, &line).await["mode"], "watch", "{stack}");
+    assert_eq!(
+        backend_view(&agent, &line).await["mode"],
+        "watch",
+        "{stack}"
+    );
 }
 
 /// A killed server reads down; started again on its port, it reads up and is watched
@@ -187,7 +150,7 @@ async fn a_restarted_server_reads_up_again(stack: Stack) {
     let mut again = Server::start(stack, &config).await;
     reply_becomes(agent.addr, &line, "up #SERVING", WITHIN).await;
     eventually(WITHIN, "the restarted server is watched", || async {
-        view(&agent, &line).await["mode"] == "watch"
+        backend_view(&agent, &line).await["mode"] == "watch"
     })
     .await;
     again.set(SERVICE, Status::NotServing).await;
@@ -287,10 +250,10 @@ async fn ten_services_over_few_streams(stack: Stack, mode: Mode, max_streams: u3
         WITHIN,
     )
     .await;
-    all_read(agent.addr, &expect(&[1, 4, 7]), WITHIN).await;
+    replies_become(agent.addr, &expect(&[1, 4, 7]), WITHIN, &stack.to_string()).await;
     server.set(&services[1], Status::Serving).await;
     server.set(&services[2], Status::NotServing).await;
-    all_read(agent.addr, &expect(&[2, 4, 7]), WITHIN).await;
+    replies_become(agent.addr, &expect(&[2, 4, 7]), WITHIN, &stack.to_string()).await;
 }
 
 /// Every case against one stack, each its own test in a module named after the stack.

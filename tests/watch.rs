@@ -14,18 +14,6 @@ use support::*;
 
 const WITHIN: Duration = Duration::from_secs(10);
 
-/// The agent's `/backends` view of `line`.
-async fn view(agent: &Agent, line: &str) -> serde_json::Value {
-    let backends = support::http::get(agent.admin, "/backends").await.json();
-    backends
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|backend| backend["line"] == line)
-        .cloned()
-        .unwrap_or_else(|| panic!("{line} is not registered: {backends}"))
-}
-
 #[tokio::test]
 async fn a_watched_target_follows_its_stream_without_polling() {
     let backend = HealthBackend::start().await;
@@ -44,7 +32,7 @@ async fn a_watched_target_follows_its_stream_without_polling() {
     assert!(ask(agent.addr, &line).await.starts_with("up #SERVING"));
     assert_eq!(backend.watches(), 1);
     assert_eq!(backend.total_checks(), 0, "a watched target is not polled");
-    assert_eq!(view(&agent, &line).await["mode"], "watch");
+    assert_eq!(backend_view(&agent, &line).await["mode"], "watch");
 
     backend.set("", Wire::NotServing);
     reply_becomes(agent.addr, &line, "down #NOT_SERVING", WITHIN).await;
@@ -104,7 +92,7 @@ async fn a_backend_without_watch_is_polled() {
         0,
         "UNIMPLEMENTED is answered before counting"
     );
-    assert_eq!(view(&agent, &line).await["mode"], "poll");
+    assert_eq!(backend_view(&agent, &line).await["mode"], "poll");
     backend.set("", Wire::NotServing);
     reply_becomes(agent.addr, &line, "down #NOT_SERVING", WITHIN).await;
 }
@@ -129,7 +117,7 @@ async fn a_broken_stream_is_replaced_and_polling_covers_the_gap() {
     drop(backend);
     // The stream ends with the backend; the polls in the gap see it gone.
     reply_becomes(agent.addr, &line, "down #connection refused", WITHIN).await;
-    assert_eq!(view(&agent, &line).await["mode"], "poll");
+    assert_eq!(backend_view(&agent, &line).await["mode"], "poll");
     let back = HealthBackend::start_on(addr, None).await;
     reply_becomes(agent.addr, &line, "up #SERVING", WITHIN).await;
     // A new stream is opened after the backoff, and polling stops.
@@ -139,7 +127,7 @@ async fn a_broken_stream_is_replaced_and_polling_covers_the_gap() {
     .await;
     let checks = back.total_checks();
     eventually(WITHIN, "the agent says it is watched", || async {
-        view(&agent, &line).await["mode"] == "watch"
+        backend_view(&agent, &line).await["mode"] == "watch"
     })
     .await;
     back.set("", Wire::NotServing);
@@ -189,7 +177,7 @@ async fn a_wedged_backend_is_caught_by_the_liveness_check() {
     let line = format!("127.0.0.1 {} no-ssl localhost", wedged.port);
     assert!(ask(agent.addr, &line).await.starts_with("up #SERVING"));
     reply_becomes(agent.addr, &line, "down #rpc timeout 300ms", WITHIN).await;
-    assert_eq!(view(&agent, &line).await["mode"], "poll");
+    assert_eq!(backend_view(&agent, &line).await["mode"], "poll");
     // The stream the agent stopped following was reset, not left open.
     eventually(WITHIN, "the abandoned Watch stream is reset", || async {
         wedged.resets.load(std::sync::atomic::Ordering::SeqCst) >= 1

@@ -312,3 +312,56 @@ impl TestPki {
         }
     }
 }
+
+/// Waits until every line's reply starts with its prefix, asking them all at once as
+/// HAProxy does; panics with every wrong line's last reply after `within`.
+pub async fn replies_become(
+    addr: SocketAddr,
+    expected: &[(String, &str)],
+    within: Duration,
+    case: &str,
+) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let mut asking = tokio::task::JoinSet::new();
+        for (index, (line, _)) in expected.iter().enumerate() {
+            let line = line.clone();
+            asking.spawn(async move { (index, ask(addr, &line).await) });
+        }
+        let mut replies = vec![String::new(); expected.len()];
+        while let Some(answer) = asking.join_next().await {
+            let (index, reply) = answer.unwrap();
+            replies[index] = reply;
+        }
+        let wrong: Vec<String> = expected
+            .iter()
+            .zip(&replies)
+            .filter(|((_, prefix), reply)| !reply.starts_with(prefix))
+            .map(|((line, prefix), reply)| format!("{line:?}: wanted {prefix:?}, got {reply:?}"))
+            .collect();
+        if wrong.is_empty() {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!(
+                "{case}: {} of {} targets still wrong after {within:?}:\n{}",
+                wrong.len(),
+                expected.len(),
+                wrong.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The agent's `/backends` entry for `line`; panics if it is not registered.
+pub async fn backend_view(agent: &Agent, line: &str) -> serde_json::Value {
+    let backends = http::get(agent.admin, "/backends").await.json();
+    backends
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|backend| backend["line"] == line)
+        .cloned()
+        .unwrap_or_else(|| panic!("{line} is not registered: {backends}"))
+}
