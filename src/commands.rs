@@ -48,7 +48,7 @@ pub async fn probe(settings: &Settings, target: &Target) -> (u8, String) {
     };
     let started = tokio::time::Instant::now();
     let outcome = probe.prober(target).check().await;
-    let elapsed = crate::poller::format_latency(started.elapsed());
+    let elapsed = crate::oracle::format_latency(started.elapsed());
     let code = match &outcome {
         Outcome::Answered(ServingStatus::Serving) => exit::SERVING,
         Outcome::Answered(_) => exit::NOT_SERVING,

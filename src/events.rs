@@ -13,11 +13,34 @@ use crate::protocol::Target;
 #[derive(Clone, Debug)]
 pub struct Transition {
     pub target: Target,
-    /// `new` (first result), `up` or `down`.
-    pub from: &'static str,
-    pub to: &'static str,
+    pub from: State,
+    pub to: State,
     pub reason: String,
     pub at: SystemTime,
+}
+
+/// A target's state on either side of a transition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Before its first result.
+    New,
+    Up,
+    Down,
+}
+
+impl State {
+    pub fn of(up: bool) -> State {
+        if up { State::Up } else { State::Down }
+    }
+
+    /// The name logs and `/events` show.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::New => "new",
+            State::Up => "up",
+            State::Down => "down",
+        }
+    }
 }
 
 /// The sending side; cheap to clone.
@@ -51,8 +74,8 @@ mod tests {
         Transition {
             target: crate::protocol::parse_request(format!("127.0.0.1 {n} no-ssl x").as_bytes())
                 .unwrap(),
-            from: "up",
-            to: "down",
+            from: State::Up,
+            to: State::Down,
             reason: String::new(),
             at: SystemTime::now(),
         }

@@ -3,7 +3,7 @@
 //!
 //! The way of one request: [`responder`] accepts and reads a bounded line
 //! ([`connection`]) → [`protocol`] parses it → [`oracle`] answers from its cache (a miss
-//! starts a [`poller`], whose [`probe`] asks the backend) → [`protocol`] formats the reply →
+//! starts the target's poller, whose [`probe`] asks the backend) → [`protocol`] formats the reply →
 //! [`responder`] writes it. Beside it, [`admin`] shows and steers the cache over HTTP and
 //! serves [`metrics`]; [`events`] carries state changes to it. See ARCHITECTURE.md.
 
@@ -20,7 +20,6 @@ pub mod events;
 pub mod logging;
 pub mod metrics;
 pub mod oracle;
-pub mod poller;
 pub mod probe;
 pub mod protocol;
 pub mod responder;

@@ -13,8 +13,11 @@ mod request;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 pub use grpc::{GrpcProbe, ProbeConfig, ProbeSetupError, TlsSettings};
 
@@ -73,8 +76,45 @@ pub enum WatchEvent {
 /// An open Watch stream; dropping it cancels the stream.
 pub struct WatchStream {
     source: Box<dyn WatchSource>,
+    /// When the backend was last heard on the stream's connection, if the prober knows.
+    heard: Option<Arc<Heard>>,
     /// What must live as long as the stream (maybe its connection).
     _holds: Vec<Box<dyn Send + Sync>>,
+}
+
+/// When a backend was last heard on one connection (any frame that answers the agent: a
+/// message, a call's answer, a PING's). Written by the connection, read without a lock by
+/// whoever needs to know how fresh what came over it is.
+#[derive(Debug)]
+pub struct Heard {
+    epoch: Instant,
+    /// Milliseconds after `epoch`.
+    millis: AtomicU64,
+}
+
+impl Heard {
+    /// Heard now.
+    pub fn new() -> Heard {
+        Heard {
+            epoch: Instant::now(),
+            millis: AtomicU64::new(0),
+        }
+    }
+
+    pub fn now(&self) {
+        let millis = self.epoch.elapsed().as_millis() as u64;
+        self.millis.store(millis, Ordering::Relaxed);
+    }
+
+    pub fn at(&self) -> Instant {
+        self.epoch + Duration::from_millis(self.millis.load(Ordering::Relaxed))
+    }
+}
+
+impl Default for Heard {
+    fn default() -> Heard {
+        Heard::new()
+    }
 }
 
 /// Where a Watch stream's events come from: polled by [`WatchStream::next`], so a stream
@@ -97,8 +137,20 @@ impl WatchStream {
     pub fn new(source: impl WatchSource) -> WatchStream {
         WatchStream {
             source: Box::new(source),
+            heard: None,
             _holds: Vec::new(),
         }
+    }
+
+    /// The stream's connection is heard through `heard`.
+    pub fn heard_through(mut self, heard: Arc<Heard>) -> WatchStream {
+        self.heard = Some(heard);
+        self
+    }
+
+    /// When the backend was last heard on the stream's connection, if known.
+    pub fn heard(&self) -> Option<Arc<Heard>> {
+        self.heard.clone()
     }
 
     /// Keeps `held` alive as long as the stream (dropped after what it already holds).
@@ -126,6 +178,11 @@ impl Outcome {
     /// Only SERVING counts as healthy.
     pub fn is_healthy(&self) -> bool {
         matches!(self, Outcome::Answered(ServingStatus::Serving))
+    }
+
+    /// The backend has no health service.
+    pub fn is_unimplemented(&self) -> bool {
+        matches!(self, Outcome::Failed(error) if error.is_unimplemented())
     }
 
     /// The short reason shown to HAProxy.
@@ -176,6 +233,11 @@ impl ProbeError {
     /// A transport failure with a fixed reason.
     pub fn transport(reason: &str) -> ProbeError {
         ProbeError::Transport(reason.to_string())
+    }
+
+    /// The backend has no such method (or no health service).
+    pub fn is_unimplemented(&self) -> bool {
+        matches!(self, ProbeError::Status { code, .. } if code == "UNIMPLEMENTED")
     }
 }
 

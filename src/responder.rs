@@ -14,13 +14,21 @@ use tracing::Instrument;
 use crate::allowlist::Sources;
 use crate::connection::{Connection, Frame};
 use crate::metrics::Metrics;
+use crate::oracle::Oracle;
 use crate::protocol::{self, Reply, Target};
 use crate::shutdown::Shutdown;
 
 /// Answers one parsed request. The oracle is the real one; [`ConstantUp`] is the ceiling
 /// the benchmarks compare it with.
-pub trait Answer: Clone + Send + Sync + 'static {
-    fn answer(&self, target: Target) -> impl Future<Output = Reply> + Send;
+pub trait Ask: Clone + Send + Sync + 'static {
+    fn ask(&self, target: Target) -> impl Future<Output = Reply> + Send;
+}
+
+/// The responder's adapter to the oracle: the oracle knows no agent port.
+impl Ask for Oracle {
+    fn ask(&self, target: Target) -> impl Future<Output = Reply> + Send {
+        Oracle::ask(self, target)
+    }
 }
 
 /// Answers `up` to everything without looking: the fastest possible agent, used only to
@@ -28,8 +36,8 @@ pub trait Answer: Clone + Send + Sync + 'static {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ConstantUp;
 
-impl Answer for ConstantUp {
-    async fn answer(&self, _target: Target) -> Reply {
+impl Ask for ConstantUp {
+    async fn ask(&self, _target: Target) -> Reply {
         Reply::up("")
     }
 }
@@ -59,9 +67,9 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Serves the agent port until `shutdown`, then stops accepting, lets in-flight replies
 /// finish (up to `drain_timeout`) and returns.
-pub async fn serve<A: Answer>(
+pub async fn serve<A: Ask>(
     listener: TcpListener,
-    answer: A,
+    oracle: A,
     config: Arc<ArcSwap<ResponderConfig>>,
     metrics: Metrics,
     shutdown: Shutdown,
@@ -119,13 +127,13 @@ pub async fn serve<A: Answer>(
             tracing::info!("below the connection limit again; accepting");
             refusing = false;
         }
-        let answer = answer.clone();
+        let oracle = oracle.clone();
         let shutdown = shutdown.clone();
         connections += 1;
         let id = format!("{connections:x}");
         let span = tracing::info_span!("conn", %id, %peer, backend = tracing::field::Empty);
         let open = Open::new(permit, &metrics);
-        let handled = handle(stream, open, answer, Arc::clone(&config), shutdown);
+        let handled = handle(stream, open, oracle, Arc::clone(&config), shutdown);
         tracker.spawn(handled.instrument(span));
     }
     drop(listener);
@@ -175,10 +183,10 @@ fn is_per_connection_error(error: &std::io::Error) -> bool {
 
 /// Answers the lines of one connection in order until the client closes, a bound is hit
 /// or shutdown begins. A line already being answered is always answered.
-async fn handle<A: Answer>(
+async fn handle<A: Ask>(
     stream: TcpStream,
     open: Open,
-    answer: A,
+    oracle: A,
     live: Arc<ArcSwap<ResponderConfig>>,
     shutdown: Shutdown,
 ) {
@@ -223,7 +231,7 @@ async fn handle<A: Answer>(
             Frame::Line(line) => match protocol::parse_request(line) {
                 Ok(target) => {
                     tracing::Span::current().record("backend", tracing::field::display(&target));
-                    let reply = answer.answer(target).await;
+                    let reply = oracle.ask(target).await;
                     metrics.request_answered(reply.verdict);
                     (reply, false)
                 }

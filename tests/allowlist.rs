@@ -77,7 +77,7 @@ async fn a_denied_target_is_answered_down_and_never_connected_to() {
         "a denied port was connected to"
     );
     // Denied targets are not registered: only the allowed one is.
-    assert_eq!(agent.oracle.entries().len(), 1);
+    assert_eq!(agent.oracle.snapshots().len(), 1);
 }
 
 #[tokio::test]

@@ -248,7 +248,8 @@ async fn haproxy_follows_backend_health_through_the_agent() {
     haproxy.wait_for("a", "UP", "SERVING").await;
     haproxy.wait_for("b", "DOWN", "NOT_SERVING").await;
     haproxy.wait_for("c", "UP", "SERVING").await;
-    haproxy.wait_for("d", "DOWN", "NOT_FOUND").await;
+    // Watched (the default): the stream's word for a service the backend does not know.
+    haproxy.wait_for("d", "DOWN", "SERVICE_UNKNOWN").await;
 
     healthy.set("", Wire::NotServing);
     failing.set("", Wire::Serving);

@@ -318,15 +318,17 @@ async fn a_refused_call_is_retried_on_a_new_connection_in_its_deadline() {
 }
 
 /// Fault 3. A connection that goes silent (no answers, no PING acks, socket open) must be
-/// found by PING and replaced, whether it carries a Watch stream or polled Checks.
+/// found and replaced, whether it carries a Watch stream (its liveness Check goes
+/// unanswered) or polled Checks (PING).
 #[tokio::test]
 async fn a_silent_connection_is_found_by_ping_and_replaced() {
     let _together = together().await;
     for mode in ["watch", "poll"] {
         let backend = RawBackend::start_with(Options::default(), serving()).await;
         backend.set_status("svc", 2);
-        // A connection with streams is PINGed after `liveness_interval` of silence; a
-        // Watch stream is silent while its status holds.
+        // A connection with a Watch stream gets a liveness Check after `liveness_interval`
+        // (the stream is silent while its status holds); one with streams that was
+        // silent that long is PINGed.
         let mut flags = flags(mode);
         flags.extend(["--liveness-interval", "500ms"]);
         let agent = start_agent(&flags).await;
@@ -357,22 +359,26 @@ async fn a_silent_connection_is_found_by_ping_and_replaced() {
         }
         let silent = backend.connection(0);
         let since = |at: Instant| at.saturating_duration_since(started);
-        let first_ping = silent
+        // What the agent asked the silent connection: a liveness Check (a new stream's
+        // HEADERS) while watched, a PING while polled.
+        let asked_with = if mode == "watch" { HEADERS } else { PING };
+        let first_ask = silent
             .frames()
             .iter()
-            .find(|frame| frame.kind == PING && frame.at >= started)
+            .find(|frame| frame.kind == asked_with && frame.at >= started)
             .map(|frame| since(frame.at));
         let replaced = backend
             .connections()
             .get(1)
             .map(|conn| since(conn.accepted_at));
         let summary = format!(
-            "{mode}: after {:?} the reply is {last:?}; since the silence, the first PING on the \
-             silent connection came after {first_ping:?} and a new connection after {replaced:?}",
+            "{mode}: after {:?} the reply is {last:?}; since the silence, the silent connection \
+             was first asked (frame type {asked_with}) after {first_ask:?} and a new connection \
+             came after {replaced:?}",
             started.elapsed(),
         );
         assert!(last.starts_with("up #SERVING"), "{summary}");
-        assert!(first_ping.is_some(), "{summary}");
+        assert!(first_ask.is_some(), "{summary}");
         assert!(replaced.is_some(), "{summary}");
     }
 }

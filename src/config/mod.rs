@@ -17,8 +17,7 @@ pub use layers::{Layers, Resolved, Source, Value};
 
 use crate::admin::AdminConfig;
 use crate::allowlist::{Allowlist, Sources};
-use crate::oracle::OracleConfig;
-use crate::poller::{HealthMode, PollerConfig, ReplyPolicy};
+use crate::oracle::{HealthMode, OracleConfig, PollerConfig, ReplyPolicy};
 use crate::probe::{ProbeConfig, TlsSettings};
 use crate::protocol::Verdict;
 use crate::responder::ResponderConfig;

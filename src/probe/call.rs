@@ -5,8 +5,6 @@
 //! (h2 sends RST_STREAM CANCEL when the last handle of an open stream goes).
 
 use std::collections::VecDeque;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -19,14 +17,13 @@ use super::errors::{self, End};
 use super::request::Prepared;
 use super::{Outcome, ProbeError, ServingStatus, WatchEvent, WatchSource, WatchStream};
 
-/// One Check: a stream slot (on `prefer` if it has room, connecting if needed), the
-/// request, the whole answer.
-pub async fn check(endpoint: &Endpoint, prepared: &Prepared, prefer: Option<u64>) -> Outcome {
+/// One Check: a stream slot (connecting if needed), the request, the whole answer.
+pub async fn check(endpoint: &Endpoint, prepared: &Prepared) -> Outcome {
     let timeouts = endpoint.timeouts();
     let deadline = Instant::now() + timeouts.connect + timeouts.rpc;
     let mut avoid = None;
     loop {
-        let slot = match endpoint.slot(Use::Check, prefer, avoid, deadline).await {
+        let slot = match endpoint.slot(Use::Check, avoid, deadline).await {
             Ok(slot) => slot,
             Err(error) => return Outcome::Failed(error),
         };
@@ -46,22 +43,31 @@ pub async fn check(endpoint: &Endpoint, prepared: &Prepared, prefer: Option<u64>
     }
 }
 
+/// The liveness Check of a connection with Watch streams (see the endpoint module): any
+/// gRPC answer by `rpc_by`, even an error status, proves the backend serves calls.
+pub async fn liveness(slot: Slot, prepared: &Prepared, rpc_by: Instant) -> Result<(), ProbeError> {
+    let started = Instant::now();
+    match tokio::time::timeout_at(rpc_by, exchange(&slot, prepared, rpc_by)).await {
+        Ok(Ok(Outcome::Answered(_) | Outcome::Failed(ProbeError::Status { .. }))) => Ok(()),
+        Ok(Ok(Outcome::Failed(error))) => Err(error),
+        Ok(Err(end)) => Err(end.error()),
+        Err(_) => Err(ProbeError::Transport(format!(
+            "no answer to a liveness check within {}ms",
+            rpc_by.saturating_duration_since(started).as_millis()
+        ))),
+    }
+}
+
 /// Opens a Watch stream: a slot that leaves room for Checks, the request, and the
 /// answer's headers (within the RPC timeout). Statuses are then read as they come.
-/// `follow` holds the stream's connection while it is open (0 when none), so the target's
-/// liveness Checks go there.
-pub async fn watch(
-    endpoint: &Endpoint,
-    prepared: &Prepared,
-    follow: &Arc<AtomicU64>,
-) -> Result<WatchStream, ProbeError> {
+pub async fn watch(endpoint: &Endpoint, prepared: &Prepared) -> Result<WatchStream, ProbeError> {
     let timeouts = endpoint.timeouts();
     let deadline = Instant::now() + timeouts.connect + timeouts.rpc;
     let mut avoid = None;
     loop {
-        let slot = endpoint.slot(Use::Watch, None, avoid, deadline).await?;
+        let slot = endpoint.slot(Use::Watch, avoid, deadline).await?;
         let rpc_by = deadline.min(Instant::now() + timeouts.rpc);
-        let opening = open_watch(slot, prepared, rpc_by, Arc::clone(follow));
+        let opening = open_watch(slot, prepared, rpc_by);
         match tokio::time::timeout_at(rpc_by, opening).await {
             Ok(Ok(stream)) => return Ok(stream),
             Ok(Err((End::Unprocessed(_), conn))) if avoid.is_none() => avoid = Some(conn),
@@ -134,7 +140,7 @@ async fn exchange(slot: &Slot, prepared: &Prepared, rpc_by: Instant) -> Result<O
     let trailers_only = body.is_end_stream();
     answer.end_block(trailers_only).map_err(End::Failed)?;
     if trailers_only {
-        return Ok(answer.outcome());
+        return Ok(answered(slot, answer));
     }
     while let Some(chunk) = body.data().await {
         let chunk = chunk.map_err(|error| failed(slot, &error))?;
@@ -150,7 +156,20 @@ async fn exchange(slot: &Slot, prepared: &Prepared, rpc_by: Instant) -> Result<O
         feed(&mut answer, None, &trailers);
         answer.end_block(true).map_err(End::Failed)?;
     }
-    Ok(answer.outcome())
+    Ok(answered(slot, answer))
+}
+
+/// A whole answer's outcome; a gRPC answer of any status tells the connection's liveness
+/// that the backend still serves calls.
+fn answered(slot: &Slot, answer: Answer) -> Outcome {
+    let outcome = answer.outcome();
+    if matches!(
+        outcome,
+        Outcome::Answered(_) | Outcome::Failed(ProbeError::Status { .. })
+    ) {
+        slot.checked();
+    }
+    outcome
 }
 
 /// Sends a Watch request and reads its answer's headers.
@@ -158,7 +177,6 @@ async fn open_watch(
     slot: Slot,
     prepared: &Prepared,
     rpc_by: Instant,
-    follow: Arc<AtomicU64>,
 ) -> Result<WatchStream, (End, u64)> {
     let conn = slot.conn_id();
     let (response, request) = send(&slot, prepared, rpc_by).map_err(|end| (end, conn))?;
@@ -180,16 +198,16 @@ async fn open_watch(
     if let Some(error) = answer.head_error() {
         return Err((End::Failed(error), conn));
     }
-    follow.store(conn, Ordering::Relaxed);
-    Ok(WatchStream::new(WatchCall {
+    let heard = slot.heard_clock();
+    let call = WatchCall {
         body,
         answer,
         statuses: VecDeque::new(),
         ended: false,
         _request: request,
         slot,
-        follow,
-    }))
+    };
+    Ok(WatchStream::new(call).heard_through(heard))
 }
 
 /// An open Watch stream, read when the poller asks for its next event. Dropping it drops
@@ -202,16 +220,6 @@ struct WatchCall {
     ended: bool,
     _request: h2::SendStream<Bytes>,
     slot: Slot,
-    follow: Arc<AtomicU64>,
-}
-
-impl Drop for WatchCall {
-    fn drop(&mut self) {
-        let conn = self.slot.conn_id();
-        let _ = self
-            .follow
-            .compare_exchange(conn, 0, Ordering::Relaxed, Ordering::Relaxed);
-    }
 }
 
 impl WatchCall {

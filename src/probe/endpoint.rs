@@ -11,16 +11,21 @@
 //! - A connection that takes no new calls (GOAWAY, REFUSED_STREAM, an error, no PING
 //!   answer) leaves the pool at once and is closed when its last call ends, and at the
 //!   latest connect + RPC timeout after it was retired.
+//! - A connection that carries Watch streams gets a liveness Check (service `""`) when no
+//!   Check was answered on it for `liveness_interval`: one per connection, whatever the
+//!   number of targets watched there. Any gRPC answer proves the backend still serves
+//!   calls; none within the RPC timeout closes the connection, which ends its streams (and
+//!   their targets are polled). A Check, not a bare PING: a server can answer PINGs while
+//!   its handlers are wedged, and grpc-go and C-core answer frequent PINGs without data
+//!   with GOAWAY `too_many_pings`.
 //! - A connection is PINGed when a call on it times out, and when it carries streams but
 //!   nothing was heard on it for `liveness_interval`; no answer within the RPC timeout
-//!   closes it. A watched target's liveness Check goes to its stream's connection, so a
-//!   gRPC server sees data between PINGs (grpc-go and C-core answer frequent PINGs
-//!   without data with GOAWAY `too_many_pings`).
+//!   closes it.
 
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -33,7 +38,7 @@ use tokio::time::Instant;
 
 use super::connect::{ConnectFailure, ConnectTo};
 use super::grpc::Timeouts;
-use super::{ProbeError, errors};
+use super::{BoxFuture, Heard, ProbeError, errors};
 
 /// The largest frame the agent accepts: the protocol's default, never raised.
 pub const MAX_FRAME_SIZE: u32 = 16_384;
@@ -77,6 +82,11 @@ pub fn client_builder() -> h2::client::Builder {
     builder
 }
 
+/// A liveness Check on one connection, made by the calls module: `Ok` if the backend
+/// answered it (any gRPC status) by the instant given.
+pub type LivenessCheck =
+    Arc<dyn Fn(Slot, Instant) -> BoxFuture<'static, Result<(), ProbeError>> + Send + Sync>;
+
 /// What a call needs of the endpoint's connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Use {
@@ -98,6 +108,8 @@ pub struct Endpoint {
     connecting: tokio::sync::Mutex<()>,
     /// Woken when a stream slot frees or a connection leaves the pool.
     freed: Arc<Freed>,
+    /// What proves a connection carrying Watch streams alive.
+    liveness: LivenessCheck,
 }
 
 /// Wakes Checks waiting for a stream slot; costs a freed slot nothing when none waits.
@@ -146,6 +158,7 @@ impl Endpoint {
         builder: h2::client::Builder,
         max_connections: usize,
         gauge: prometheus::IntGauge,
+        liveness: LivenessCheck,
     ) -> Endpoint {
         Endpoint {
             connect_to,
@@ -157,6 +170,7 @@ impl Endpoint {
             pool: Mutex::new(Vec::new()),
             connecting: tokio::sync::Mutex::new(()),
             freed: Arc::new(Freed::default()),
+            liveness,
         }
     }
 
@@ -164,25 +178,23 @@ impl Endpoint {
         **self.timeouts.load()
     }
 
-    /// A stream slot for a call, on `prefer` if it has room, never on `avoid` (the
-    /// connection a call the backend did not process came back from), connecting if
-    /// needed. A Check waits for a slot until `deadline`; a Watch with no room anywhere
-    /// fails at once.
+    /// A stream slot for a call, never on `avoid` (the connection a call the backend did
+    /// not process came back from), connecting if needed. A Check waits for a slot until
+    /// `deadline`; a Watch with no room anywhere fails at once.
     pub async fn slot(
         &self,
         purpose: Use,
-        prefer: Option<u64>,
         avoid: Option<u64>,
         deadline: Instant,
     ) -> Result<Slot, ProbeError> {
         let timeouts = self.timeouts();
         loop {
-            match self.place(purpose, prefer, avoid) {
+            match self.place(purpose, avoid) {
                 Placement::Slot(slot) => return Ok(slot),
                 Placement::Connect => {
                     let _connecting = self.connecting.lock().await;
                     // Another call may have connected while this one waited.
-                    if let Placement::Slot(slot) = self.place(purpose, prefer, avoid) {
+                    if let Placement::Slot(slot) = self.place(purpose, avoid) {
                         return Ok(slot);
                     }
                     let connect_by = deadline.min(Instant::now() + timeouts.connect);
@@ -210,7 +222,7 @@ impl Endpoint {
                     freed.as_mut().enable();
                     let _waiting = self.freed.wait();
                     // A slot freed since `place` looked would not wake this call.
-                    if let Placement::Slot(slot) = self.place(purpose, prefer, avoid) {
+                    if let Placement::Slot(slot) = self.place(purpose, avoid) {
                         return Ok(slot);
                     }
                     if tokio::time::timeout_at(deadline, freed).await.is_err() {
@@ -223,16 +235,9 @@ impl Endpoint {
         }
     }
 
-    fn place(&self, purpose: Use, prefer: Option<u64>, avoid: Option<u64>) -> Placement {
+    fn place(&self, purpose: Use, avoid: Option<u64>) -> Placement {
         let mut pool = self.pool.lock().expect("pool lock poisoned");
         pool.retain(|conn| conn.control.usable());
-        if let Some(conn) = pool
-            .iter()
-            .find(|conn| Some(conn.id) == prefer && Some(conn.id) != avoid)
-            && conn.has_room(purpose)
-        {
-            return Placement::Slot(Slot::take(conn, purpose));
-        }
         let mut others = 0;
         for conn in pool.iter() {
             if Some(conn.id) == avoid {
@@ -337,8 +342,12 @@ impl Endpoint {
         self.gauge.inc();
         let gauge = self.gauge.clone();
         let timeouts = Arc::clone(&self.timeouts);
+        let liveness = Liveness {
+            conn: Arc::downgrade(&conn),
+            check: Arc::clone(&self.liveness),
+        };
         tokio::spawn(async move {
-            drive(connection, pings, signals, &control, &timeouts).await;
+            drive(connection, pings, signals, &control, &timeouts, liveness).await;
             gauge.dec();
         });
         Ok(conn)
@@ -411,9 +420,10 @@ struct Control {
     /// Tells the driver of a retirement or a PING asked for; cheap for the driver to poll
     /// on every wake.
     signals: mpsc::UnboundedSender<Signal>,
-    /// When the backend last answered something here (ms since `epoch`).
-    heard: AtomicU64,
-    epoch: Instant,
+    /// When the backend last answered something here.
+    heard: Arc<Heard>,
+    /// When a Check was last answered here.
+    checked: Heard,
     freed: Arc<Freed>,
 }
 
@@ -434,8 +444,8 @@ impl Control {
             retired_flag: AtomicBool::new(false),
             ping_asked: AtomicBool::new(false),
             signals,
-            heard: AtomicU64::new(0),
-            epoch: Instant::now(),
+            heard: Arc::new(Heard::new()),
+            checked: Heard::new(),
             freed,
         };
         (control, received)
@@ -469,12 +479,11 @@ impl Control {
     }
 
     fn heard_now(&self) {
-        let now = self.epoch.elapsed().as_millis() as u64;
-        self.heard.store(now, Ordering::Relaxed);
+        self.heard.now();
     }
 
     fn heard_at(&self) -> Instant {
-        self.epoch + Duration::from_millis(self.heard.load(Ordering::Relaxed))
+        self.heard.at()
     }
 }
 
@@ -509,6 +518,16 @@ impl Slot {
         self.conn.control.heard_now();
     }
 
+    /// The backend answered a Check on this connection: it still serves calls.
+    pub fn checked(&self) {
+        self.conn.control.checked.now();
+    }
+
+    /// When the backend was last heard on this connection.
+    pub fn heard_clock(&self) -> Arc<Heard> {
+        Arc::clone(&self.conn.control.heard)
+    }
+
     /// A call here timed out: PING the connection to learn whether it is alive.
     pub fn suspect(&self) {
         self.conn.control.ask_ping();
@@ -537,15 +556,33 @@ impl Drop for Slot {
     }
 }
 
+/// How the driver proves a connection with Watch streams alive: it holds the connection
+/// weakly (a strong handle would keep h2 from closing it when the pool lets go).
+struct Liveness {
+    conn: Weak<Conn>,
+    check: LivenessCheck,
+}
+
+impl Liveness {
+    /// A liveness Check on the connection, unless it has left the pool's hands.
+    fn start(&self, rpc_by: Instant) -> Option<BoxFuture<'static, Result<(), ProbeError>>> {
+        let conn = self.conn.upgrade()?;
+        let slot = Slot::take(&conn, Use::Check);
+        Some((self.check)(slot, rpc_by))
+    }
+}
+
 /// Drives one connection: h2's own work (frames, flow control, resets), the keep-alive
-/// PING, and the bound on a retired connection's life. When it returns, the connection
-/// is dropped: the socket closes and every call still on it fails.
+/// PING, the liveness Check of a connection with Watch streams, and the bound on a retired
+/// connection's life. When it returns, the connection is dropped: the socket closes and
+/// every call still on it fails.
 async fn drive(
     connection: h2::client::Connection<Io, Bytes>,
     mut pings: h2::PingPong,
     mut signals: mpsc::UnboundedReceiver<Signal>,
     control: &Control,
     timeouts: &ArcSwap<Timeouts>,
+    liveness: Liveness,
 ) {
     // The task wakes for every frame: the futures it waits on are made once and re-armed
     // only when their deadline moves, so a wake costs no timer work.
@@ -559,6 +596,8 @@ async fn drive(
     let mut ping_now = false;
     let mut pong_due: Option<Instant> = None;
     let mut close_by: Option<Instant> = None;
+    let mut checking: Option<BoxFuture<'static, Result<(), ProbeError>>> = None;
+    control.checked.now();
     let reason = loop {
         let mut fired = false;
         tokio::select! {
@@ -568,6 +607,12 @@ async fn drive(
                     Ok(()) => ProbeError::transport("connection closed by backend"),
                     Err(error) => errors::connection(&error),
                 };
+            }
+            checked = async { checking.as_mut().expect("polled only while set").await }, if checking.is_some() => {
+                checking = None;
+                if let Err(error) = checked {
+                    break error;
+                }
             }
             pong = poll_fn(|cx| pings.poll_pong(cx)), if pong_due.is_some() => match pong {
                 Ok(_) => {
@@ -605,17 +650,22 @@ async fn drive(
             ));
         }
         if fired && now >= keepalive_at {
-            // A connection with streams that was silent for the keep-alive is PINGed. The
-            // next look is when the silence would reach the keep-alive, or (silent now,
-            // or idle) a keep-alive from now.
+            // A connection with Watch streams and no Check answered for the keep-alive
+            // gets a liveness Check; one with streams that was silent for it is PINGed.
+            // The next look is when either would come due, or a keep-alive from now.
+            let unchecked_until = control.checked.at() + settings.keepalive;
             let silent_until = control.heard_at() + settings.keepalive;
+            let watched = control.watches.load(Ordering::Relaxed) > 0;
             let busy = control.streams.load(Ordering::Relaxed) > 0;
-            ping_now |= busy && silent_until <= now;
-            keepalive_at = if silent_until > now {
-                silent_until
-            } else {
-                now + settings.keepalive
-            };
+            if watched && unchecked_until <= now && checking.is_none() && control.usable() {
+                checking = liveness.start(now + settings.rpc);
+            }
+            ping_now |= busy && silent_until <= now && checking.is_none();
+            keepalive_at = [unchecked_until, silent_until]
+                .into_iter()
+                .filter(|at| *at > now)
+                .min()
+                .unwrap_or(now + settings.keepalive);
         }
         if ping_now && pong_due.is_none() {
             ping_now = false;

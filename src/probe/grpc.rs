@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -15,7 +14,7 @@ use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::ServerName;
 
 use super::connect::ConnectTo;
-use super::endpoint::{Endpoint, Tls};
+use super::endpoint::{Endpoint, LivenessCheck, Tls};
 use super::request::{Method, Prepared};
 use super::{BoxFuture, Outcome, Probe, ProbeError, TargetProber, WatchStream};
 use super::{call, insecure};
@@ -151,6 +150,9 @@ struct ChannelBuilder {
     max_connections: usize,
     timeouts: Arc<ArcSwap<Timeouts>>,
     allowlist: Arc<ArcSwap<Allowlist>>,
+    /// For each endpoint's liveness Check.
+    user_agent: Arc<str>,
+    metadata: Arc<[(String, String)]>,
 }
 
 /// Weak handles, so a channel lives exactly as long as some target's prober holds it.
@@ -190,6 +192,8 @@ impl GrpcProbe {
             h2: super::endpoint::client_builder(),
             max_connections: config.max_connections,
             timeouts: Arc::clone(&timeouts),
+            user_agent: user_agent.as_str().into(),
+            metadata: metadata.as_slice().into(),
         };
         Ok(GrpcProbe {
             config,
@@ -258,6 +262,20 @@ impl ChannelBuilder {
             timeouts: Arc::clone(&self.timeouts),
             allowlist: Arc::clone(&self.allowlist),
         };
+        // The server's overall health (service ""): liveness asks whether the backend
+        // answers at all, for every service watched on the connection.
+        let prepared = Arc::new(Prepared::for_method(
+            Method::Check,
+            key.tls,
+            &key.authority,
+            "",
+            &self.user_agent,
+            &self.metadata,
+        )?);
+        let liveness: LivenessCheck = Arc::new(move |slot, rpc_by| {
+            let prepared = Arc::clone(&prepared);
+            Box::pin(async move { call::liveness(slot, &prepared, rpc_by).await })
+        });
         Ok(Endpoint::new(
             connect_to,
             tls,
@@ -265,6 +283,7 @@ impl ChannelBuilder {
             self.h2.clone(),
             self.max_connections,
             self.gauge.clone(),
+            liveness,
         ))
     }
 }
@@ -365,7 +384,6 @@ impl Probe for GrpcProbe {
         };
         let (prepared, prepared_watch) = (prepare(Method::Check), prepare(Method::Watch));
         Arc::new(GrpcTarget {
-            watched_on: Arc::new(AtomicU64::new(0)),
             channels,
             prepared,
             prepared_watch,
@@ -378,9 +396,6 @@ impl Probe for GrpcProbe {
 
 struct GrpcTarget {
     channels: Channels,
-    /// The connection of the target's open Watch stream (0: none): its liveness Checks go
-    /// there, so they also prove that connection alive.
-    watched_on: Arc<AtomicU64>,
     /// The requests, built once for every check and watch of this target.
     prepared: Result<Prepared, ProbeError>,
     prepared_watch: Result<Prepared, ProbeError>,
@@ -420,15 +435,6 @@ impl Timeouts {
     }
 }
 
-impl GrpcTarget {
-    fn following(&self) -> Option<u64> {
-        match self.watched_on.load(Ordering::Relaxed) {
-            0 => None,
-            conn => Some(conn),
-        }
-    }
-}
-
 impl TargetProber for GrpcTarget {
     fn check(&self) -> BoxFuture<'_, Outcome> {
         Box::pin(async move {
@@ -449,7 +455,7 @@ impl TargetProber for GrpcTarget {
                 },
             };
             match &self.prepared {
-                Ok(prepared) => call::check(channel, prepared, self.following()).await,
+                Ok(prepared) => call::check(channel, prepared).await,
                 Err(error) => Outcome::Failed(error.clone()),
             }
         })
@@ -462,15 +468,13 @@ impl TargetProber for GrpcTarget {
             }
             let prepared = self.prepared_watch.as_ref().map_err(Clone::clone)?;
             match &self.channels {
-                Channels::Shared(Ok(channel)) => {
-                    call::watch(channel, prepared, &self.watched_on).await
-                }
+                Channels::Shared(Ok(channel)) => call::watch(channel, prepared).await,
                 Channels::Shared(Err(error)) => Err(error.clone()),
                 // Without the channel cache a stream has a connection of its own, which
                 // lives as long as the stream.
                 Channels::Fresh { builder, key } => {
                     let channel = builder.build(key)?;
-                    let stream = call::watch(&channel, prepared, &self.watched_on).await?;
+                    let stream = call::watch(&channel, prepared).await?;
                     Ok(stream.holding(Box::new(channel)))
                 }
             }

@@ -1,40 +1,42 @@
-//! The health oracle: a moka cache from [`Target`] to its [`Entry`]. A hit answers from the
-//! entry at once; a miss registers the target, starts its poller and waits, at most the
-//! miss timeout, for the first probe, which concurrent misses share.
+//! The health oracle, the one home of a target's life. This module is the cache: a moka
+//! cache from [`Target`] to its [`Entry`]. A hit answers from the entry at once; a miss
+//! registers the target, starts its poller and waits, at most the miss timeout, for the
+//! first probe, which concurrent misses share. Idle targets are evicted, which stops their
+//! pollers.
+//!
+//! - [`config`]: the settings.
+//! - [`entry`]: one target's state, and the [`Snapshot`] everyone else reads.
+//! - [`health`]: hysteresis, pure.
+//! - [`poll`]: a target's poller (Check every interval) and what pollers share.
+//! - [`watch`]: following a Health/Watch stream.
+
+mod config;
+mod entry;
+mod health;
+mod poll;
+mod watch;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwap;
 use moka::notification::RemovalCause;
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
+pub use config::{HealthMode, OracleConfig, PollerConfig, ReplyPolicy};
+pub use entry::{Snapshot, Status};
+pub use health::format_latency;
+pub use poll::PROBE_SLOT;
+
 use crate::events::Events;
 use crate::metrics::{Metrics, outcome_kind};
-use crate::poller::{self, Entry, Health, PollerConfig, format_latency};
 use crate::probe::Probe;
-use crate::protocol::{Reply, Target};
-use crate::responder::Answer;
+use crate::protocol::{Reply, Target, Verdict};
 use crate::shutdown::Shutdown;
-
-/// The oracle's bounds and timings.
-#[derive(Clone, Copy, Debug)]
-pub struct OracleConfig {
-    pub poller: PollerConfig,
-    /// How long a request for an unseen target waits for its first probe.
-    pub miss_timeout: Duration,
-    /// A target nobody has asked about for this long is evicted and its poller stopped.
-    pub idle_ttl: Duration,
-    /// Most targets registered at once; requests for more get `down`.
-    pub max_targets: usize,
-    /// Answers older than this are not trusted: the poller must be wedged.
-    pub stale_after: Duration,
-    /// Probes running at once, across all targets.
-    pub max_probes_in_flight: usize,
-}
+use entry::Entry;
 
 /// A cheap, cloneable handle on the oracle. Pollers stop on eviction and on shutdown.
 #[derive(Clone)]
@@ -48,7 +50,7 @@ struct Inner {
     /// Swapped whole on reload; read on every request.
     config: ArcSwap<OracleConfig>,
     /// What the pollers share, their settings included.
-    pollers: Arc<poller::Shared>,
+    pollers: Arc<poll::Shared>,
     registered: Arc<AtomicUsize>,
     metrics: Metrics,
     shutdown: Shutdown,
@@ -71,7 +73,7 @@ impl Oracle {
         let cache = moka::sync::Cache::builder()
             .time_to_idle(config.idle_ttl)
             .eviction_listener(move |target: Arc<Target>, entry: Arc<Entry>, cause| {
-                entry.stop.trigger();
+                entry.stop();
                 let left = on_evict.fetch_sub(1, Ordering::Relaxed) - 1;
                 evict_metrics.targets_registered.set(left as i64);
                 let cause = match cause {
@@ -89,7 +91,7 @@ impl Oracle {
                 evict_metrics.evicted(cause);
             })
             .build();
-        let pollers = Arc::new(poller::Shared {
+        let pollers = Arc::new(poll::Shared {
             config: ArcSwap::from_pointee(config.poller),
             reconfigured: Notify::new(),
             permits: Semaphore::new(config.max_probes_in_flight),
@@ -133,13 +135,11 @@ impl Oracle {
                 return reply;
             }
         };
-        entry.times_asked.fetch_add(1, Ordering::Relaxed);
-        let since_epoch = self.inner.pollers.millis(asked_at);
-        entry.last_asked_ms.store(since_epoch, Ordering::Relaxed);
+        entry.asked(self.inner.pollers.millis(asked_at));
         if let Some(reply) = self.answer_now(&entry, asked_at) {
             return reply;
         }
-        let first = entry.first_result.notified();
+        let first = entry.first_result();
         tokio::pin!(first);
         first.as_mut().enable();
         // The result may have landed between the look above and `enable`.
@@ -157,19 +157,34 @@ impl Oracle {
         })
     }
 
-    /// Every registered target, in no particular order. Looking does not count as asking:
-    /// it keeps no target from going idle.
-    pub fn entries(&self) -> Vec<Arc<Entry>> {
-        self.inner.cache.iter().map(|(_, entry)| entry).collect()
+    /// Every registered target as it is now, in no particular order. Looking does not
+    /// count as asking: it keeps no target from going idle.
+    pub fn snapshots(&self) -> Vec<Snapshot> {
+        let now = Instant::now();
+        self.inner
+            .cache
+            .iter()
+            .map(|(_, entry)| self.snapshot_of(&entry, now))
+            .collect()
     }
 
-    /// One registered target, without counting as a request for it.
-    pub fn entry(&self, target: &Target) -> Option<Arc<Entry>> {
+    /// One registered target as it is now, without counting as a request for it.
+    pub fn snapshot(&self, target: &Target) -> Option<Snapshot> {
+        let entry = self.entry(target)?;
+        Some(self.snapshot_of(&entry, Instant::now()))
+    }
+
+    fn entry(&self, target: &Target) -> Option<Arc<Entry>> {
         self.inner
             .cache
             .iter()
             .find(|(key, _)| key.as_ref() == target)
             .map(|(_, entry)| entry)
+    }
+
+    fn snapshot_of(&self, entry: &Entry, now: Instant) -> Snapshot {
+        let reply = self.reply_for(entry, now).map(|(reply, _)| reply);
+        entry.snapshot(now, &self.inner.pollers, reply)
     }
 
     /// Removes a target and stops its poller; false if it was not registered.
@@ -181,26 +196,24 @@ impl Oracle {
     }
 
     /// Probes a registered target now (its poller runs the probe, so there is still only
-    /// one at a time) and returns its entry once a probe started after this call has
-    /// published, or `Err(entry)` if none did within `within`. `None` if not registered.
+    /// one at a time) and returns its snapshot once a probe started after this call has
+    /// published, or `Err(snapshot)` if none did within `within`. `None` if not registered.
     pub async fn refresh(
         &self,
         target: &Target,
         within: Duration,
-    ) -> Option<Result<Arc<Entry>, Arc<Entry>>> {
+    ) -> Option<Result<Snapshot, Snapshot>> {
         let entry = self.entry(target)?;
         let requested = Instant::now();
         let deadline = requested + within;
         let fresh = |entry: &Entry| {
             entry
-                .health
-                .load()
-                .as_deref()
+                .health()
                 .is_some_and(|health| health.probed_at - health.latency >= requested)
         };
-        entry.refresh.notify_one();
+        entry.ask_refresh();
         let in_time = loop {
-            let published = entry.published.notified();
+            let published = entry.published();
             tokio::pin!(published);
             published.as_mut().enable();
             if fresh(&entry) {
@@ -210,24 +223,13 @@ impl Oracle {
                 break false;
             }
         };
-        Some(if in_time { Ok(entry) } else { Err(entry) })
-    }
-
-    /// What a request for this entry would be answered now (no waiting, nothing counted);
-    /// `None` while its first probe is pending.
-    pub fn peek(&self, entry: &Entry) -> Option<Reply> {
-        self.reply_for(entry, Instant::now())
-            .map(|(reply, _)| reply)
+        let snapshot = self.snapshot_of(&entry, Instant::now());
+        Some(if in_time { Ok(snapshot) } else { Err(snapshot) })
     }
 
     /// The oracle's settings now.
     pub fn config(&self) -> OracleConfig {
         **self.inner.config.load()
-    }
-
-    /// The instant `millis` after the epoch of the entries' millisecond clocks.
-    pub fn instant_at(&self, millis: u64) -> Instant {
-        self.inner.pollers.epoch + Duration::from_millis(millis)
     }
 
     /// Applies new timings and bounds. Pollers pick them up at their next probe and keep
@@ -280,27 +282,15 @@ impl Oracle {
             .targets_registered
             .set(inner.registered.load(Ordering::Relaxed) as i64);
         let entry = entry.into_value();
-        tracing::debug!(target_line = %entry.target, "target registered");
-        let prober = inner.probe.prober(&entry.target);
-        let poll = poller::run(Arc::clone(&entry), prober, Arc::clone(&inner.pollers));
+        tracing::debug!(target_line = %entry.target(), "target registered");
+        let prober = inner.probe.prober(entry.target());
+        let poll = poll::run(Arc::clone(&entry), prober, Arc::clone(&inner.pollers));
         inner.tasks.spawn(poll);
         Ok(entry)
     }
 
     fn new_entry(&self, target: Target) -> Entry {
-        Entry {
-            target,
-            health: ArcSwapOption::empty(),
-            first_result: Notify::new(),
-            stop: self.inner.shutdown.child(),
-            registered_at: Instant::now(),
-            last_asked_ms: AtomicU64::new(0),
-            times_asked: AtomicU64::new(0),
-            next_due_ms: AtomicU64::new(0),
-            refresh: Notify::new(),
-            published: Notify::new(),
-            watched: std::sync::atomic::AtomicBool::new(false),
-        }
+        Entry::new(target, self.inner.shutdown.child())
     }
 
     /// The reply if one can be given without waiting: the cached health, or `stale` when
@@ -317,27 +307,22 @@ impl Oracle {
     /// long, with the cause when it is not `up`.
     fn reply_for(&self, entry: &Entry, now: Instant) -> Option<(Reply, Option<&'static str>)> {
         let config = self.inner.config.load();
-        let health = entry.health.load();
-        let last_completed = match health.as_deref() {
-            Some(health) => health.probed_at,
-            None => entry.registered_at,
-        };
-        let age = now.saturating_duration_since(last_completed);
-        if age > config.stale_after {
+        // A watched target's answer comes over a connection proven alive once per
+        // liveness interval, so it may be that much older.
+        let watched_limit = config.stale_after + config.poller.liveness_interval;
+        if let Some(age) = entry.is_stale(now, config.stale_after, watched_limit) {
             let reply = Reply::down(format!("stale: no probe for {}", format_latency(age)));
             return Some((reply, Some("stale")));
         }
-        let health: &Health = health.as_deref()?;
-        let reply = health.reply(&config.poller);
-        let error_type = (reply.verdict != crate::protocol::Verdict::Up)
+        let health = entry.health()?;
+        // A held status that has earned its flip is answered flipped, even in the moment
+        // before its poller's timer publishes it.
+        let settled = health.settled(now);
+        let health = settled.as_ref().unwrap_or(&health);
+        let reply = health.reply(&config.poller.replies, now);
+        let error_type = (reply.verdict != Verdict::Up)
             .then(|| outcome_kind(health.last_failure.as_ref().unwrap_or(&health.last)));
         Some((reply, error_type))
-    }
-}
-
-impl Answer for Oracle {
-    fn answer(&self, target: Target) -> impl Future<Output = Reply> + Send {
-        self.ask(target)
     }
 }
 
@@ -358,5 +343,4 @@ async fn housekeeping(inner: std::sync::Weak<Inner>, idle_ttl: Duration, shutdow
 }
 
 #[cfg(test)]
-#[path = "oracle_tests.rs"]
 mod tests;

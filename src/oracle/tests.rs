@@ -63,11 +63,11 @@ fn config(max_probes_in_flight: usize) -> OracleConfig {
             fall: 3,
             // Far away, so a hanging probe stays hanging: that is what these tests study.
             probe_deadline: Duration::from_secs(3600),
-            replies: crate::poller::ReplyPolicy {
+            replies: ReplyPolicy {
                 not_serving: crate::protocol::Verdict::Down,
                 unimplemented: crate::protocol::Verdict::Down,
             },
-            mode: crate::poller::HealthMode::Poll,
+            mode: HealthMode::Poll,
             liveness_interval: Duration::from_secs(10),
             trust_watch: false,
         },

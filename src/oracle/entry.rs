@@ -1,0 +1,294 @@
+//! One registered target, the value of the oracle's cache: the health its poller last
+//! published, how it is asked about, and the handle that stops its poller. Its fields are
+//! private: the poller changes them through `observe`, `settle` and friends, the cache
+//! reads them, and everyone else sees a [`Snapshot`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
+use tokio::time::Instant;
+
+use super::config::HealthMode;
+use super::health::{Health, Observation, Rules};
+use super::poll::Shared;
+use crate::events::{State, Transition};
+use crate::metrics::Metrics;
+use crate::probe::Heard;
+use crate::protocol::{Reply, Target};
+use crate::shutdown::Shutdown;
+
+pub struct Entry {
+    target: Target,
+    health: ArcSwapOption<Health>,
+    /// Woken once, when the first result is published.
+    first_result: Notify,
+    /// Woken after every published result.
+    published: Notify,
+    /// Stops the poller (eviction, shutdown).
+    stop: Shutdown,
+    registered_at: Instant,
+    /// Milliseconds after the oracle's epoch when the target was last asked about.
+    last_asked_ms: AtomicU64,
+    times_asked: AtomicU64,
+    /// Milliseconds after the oracle's epoch when the poller next looks (0: not planned).
+    next_due_ms: AtomicU64,
+    /// Asks the poller to probe now instead of waiting.
+    refresh: Notify,
+    /// A Health/Watch stream is open for the target now (it is not polled).
+    watched: AtomicBool,
+    /// While watched: when the backend was last heard on the stream's connection.
+    heard: ArcSwapOption<Heard>,
+}
+
+/// Up, down, or not known yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Pending,
+    Up,
+    Down,
+}
+
+impl Status {
+    /// The name `/backends` shows and filters on.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Up => "up",
+            Status::Down => "down",
+        }
+    }
+}
+
+/// A registered target as it is now, in plain values.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub target: Target,
+    pub status: Status,
+    /// Watch while a stream is open for it, else poll.
+    pub mode: HealthMode,
+    /// The last observation's answer (`SERVING`, ...), if it was one.
+    pub serving_status: Option<String>,
+    /// What a request for it is answered now; `None` while the first probe is pending.
+    pub reply: Option<Reply>,
+    pub last_reason: Option<String>,
+    pub last_probe_at: Option<SystemTime>,
+    pub last_probe_latency: Option<Duration>,
+    pub consecutive_successes: u32,
+    pub consecutive_failures: u32,
+    pub times_asked: u64,
+    pub registered_at: SystemTime,
+    /// `None` if never asked (only registered by an admin action).
+    pub last_asked_at: Option<SystemTime>,
+    /// The poller's next probe, or a held status's flip; `None` if nothing is planned.
+    pub next_probe_at: Option<SystemTime>,
+}
+
+impl Entry {
+    pub(super) fn new(target: Target, stop: Shutdown) -> Entry {
+        Entry {
+            target,
+            health: ArcSwapOption::empty(),
+            first_result: Notify::new(),
+            published: Notify::new(),
+            stop,
+            registered_at: Instant::now(),
+            last_asked_ms: AtomicU64::new(0),
+            times_asked: AtomicU64::new(0),
+            next_due_ms: AtomicU64::new(0),
+            refresh: Notify::new(),
+            watched: AtomicBool::new(false),
+            heard: ArcSwapOption::empty(),
+        }
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    pub(super) fn health(&self) -> Option<Arc<Health>> {
+        self.health.load_full()
+    }
+
+    pub(super) fn stop_handle(&self) -> Shutdown {
+        self.stop.clone()
+    }
+
+    pub(super) fn stop(&self) {
+        self.stop.trigger();
+    }
+
+    pub(super) fn asked(&self, millis: u64) {
+        self.times_asked.fetch_add(1, Ordering::Relaxed);
+        self.last_asked_ms.store(millis, Ordering::Relaxed);
+    }
+
+    /// Plans the poller's next look at `millis` after the epoch; 0 plans none.
+    pub(super) fn plan(&self, millis: u64) {
+        self.next_due_ms.store(millis, Ordering::Relaxed);
+    }
+
+    pub(super) fn ask_refresh(&self) {
+        self.refresh.notify_one();
+    }
+
+    pub(super) fn refresh_asked(&self) -> Notified<'_> {
+        self.refresh.notified()
+    }
+
+    pub(super) fn first_result(&self) -> Notified<'_> {
+        self.first_result.notified()
+    }
+
+    pub(super) fn published(&self) -> Notified<'_> {
+        self.published.notified()
+    }
+
+    /// The latest answer is fresh if it is at most `limit` old at `now`. A watched
+    /// target's is as fresh as its stream's connection (statuses come only on a change);
+    /// a stream that cannot say is fresh while it is open.
+    pub(super) fn is_stale(
+        &self,
+        now: Instant,
+        limit: Duration,
+        watched_limit: Duration,
+    ) -> Option<Duration> {
+        let health = self.health.load();
+        let mut last = health
+            .as_deref()
+            .map_or(self.registered_at, |health| health.probed_at);
+        let mut limit = limit;
+        if self.watched.load(Ordering::Relaxed) {
+            match self.heard.load().as_deref() {
+                Some(heard) => last = last.max(heard.at()),
+                None => return None,
+            }
+            limit = watched_limit;
+        }
+        let age = now.saturating_duration_since(last);
+        (age > limit).then_some(age)
+    }
+
+    /// Counts one more observation under `rules` and publishes the new state.
+    pub(super) fn observe(&self, observation: Observation, rules: &Rules, shared: &Shared) {
+        let previous = self.health.load_full();
+        let health = match previous.as_deref() {
+            None => Health::first(observation, rules),
+            Some(previous) => previous.next(observation, rules),
+        };
+        self.publish(previous.as_deref(), health, shared);
+    }
+
+    /// Publishes the flip a held status has earned by `now`, if it has.
+    pub(super) fn settle(&self, now: Instant, shared: &Shared) {
+        let previous = self.health.load_full();
+        if let Some(health) = previous.as_deref().and_then(|health| health.settled(now)) {
+            self.publish(previous.as_deref(), health, shared);
+        }
+    }
+
+    /// Stores the new state, and logs, counts and feeds a change of state once, when it
+    /// happens.
+    fn publish(&self, previous: Option<&Health>, health: Health, shared: &Shared) {
+        if previous.map(|previous| previous.up) != Some(health.up) {
+            let from = match previous {
+                None => State::New,
+                Some(previous) => State::of(previous.up),
+            };
+            let to = State::of(health.up);
+            let reason = health.last.reason();
+            tracing::info!(target_line = %self.target, from = from.as_str(), to = to.as_str(), reason = %reason, "backend state changed");
+            shared.metrics.transition(health.up);
+            shared.events.publish(Transition {
+                target: self.target.clone(),
+                from,
+                to,
+                reason,
+                at: SystemTime::now(),
+            });
+        }
+        self.health.store(Some(Arc::new(health)));
+        if previous.is_none() {
+            self.first_result.notify_waiters();
+        }
+        self.published.notify_waiters();
+    }
+
+    /// The target as it is at `now`; `reply` is what the oracle would answer.
+    pub(super) fn snapshot(&self, now: Instant, shared: &Shared, reply: Option<Reply>) -> Snapshot {
+        let health = self.health.load_full();
+        let health = health.as_deref();
+        let times_asked = self.times_asked.load(Ordering::Relaxed);
+        let next_due = self.next_due_ms.load(Ordering::Relaxed);
+        let (consecutive_successes, consecutive_failures) =
+            health.map_or((0, 0), |health| health.consecutive(now));
+        let wall = |at: Instant| wall_clock(at, now);
+        Snapshot {
+            target: self.target.clone(),
+            status: match health {
+                None => Status::Pending,
+                Some(health) if health.up => Status::Up,
+                Some(_) => Status::Down,
+            },
+            mode: if self.watched.load(Ordering::Relaxed) {
+                HealthMode::Watch
+            } else {
+                HealthMode::Poll
+            },
+            serving_status: health
+                .and_then(Health::serving_status)
+                .map(|status| status.to_string()),
+            reply,
+            last_reason: health.map(|health| health.last.reason()),
+            last_probe_at: health.map(|health| wall(health.probed_at)),
+            last_probe_latency: health.map(|health| health.latency),
+            consecutive_successes,
+            consecutive_failures,
+            times_asked,
+            registered_at: wall(self.registered_at),
+            last_asked_at: (times_asked > 0)
+                .then(|| wall(shared.instant_at(self.last_asked_ms.load(Ordering::Relaxed)))),
+            next_probe_at: (next_due > 0).then(|| wall(shared.instant_at(next_due))),
+        }
+    }
+}
+
+/// The wall-clock time of a monotonic instant (past or future), as seen at `now`.
+fn wall_clock(at: Instant, now: Instant) -> SystemTime {
+    let wall = SystemTime::now();
+    if at <= now {
+        wall - (now - at)
+    } else {
+        wall + (at - now)
+    }
+}
+
+/// Marks the entry watched, and counts the stream, while it lives.
+pub(super) struct Watching<'a> {
+    entry: &'a Entry,
+    metrics: &'a Metrics,
+}
+
+impl<'a> Watching<'a> {
+    pub(super) fn new(
+        entry: &'a Entry,
+        metrics: &'a Metrics,
+        heard: Option<Arc<Heard>>,
+    ) -> Watching<'a> {
+        entry.heard.store(heard);
+        entry.watched.store(true, Ordering::Relaxed);
+        metrics.watch_streams_active.inc();
+        Watching { entry, metrics }
+    }
+}
+
+impl Drop for Watching<'_> {
+    fn drop(&mut self) {
+        self.entry.watched.store(false, Ordering::Relaxed);
+        self.entry.heard.store(None);
+        self.metrics.watch_streams_active.dec();
+    }
+}

@@ -1,0 +1,268 @@
+//! Hysteresis, table-tested through one `check` helper: outcomes fed in order, the reply
+//! line after each.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::*;
+use crate::probe::{Outcome, ProbeError, ServingStatus};
+use crate::protocol::Verdict;
+
+const INTERVAL: Duration = Duration::from_secs(2);
+
+fn policy(not_serving: Verdict, unimplemented: Verdict) -> ReplyPolicy {
+    ReplyPolicy {
+        not_serving,
+        unimplemented,
+    }
+}
+
+/// Probes with rise 2, fall 3.
+fn probes(replies: ReplyPolicy) -> Rules {
+    Rules {
+        rise: 2,
+        fall: 3,
+        held: None,
+        replies,
+    }
+}
+
+/// A Watch stream's statuses with rise 2, fall 3, counted by the time they hold.
+fn held() -> Rules {
+    Rules {
+        held: Some(INTERVAL),
+        ..probes(policy(Verdict::Down, Verdict::Down))
+    }
+}
+
+fn serving() -> Outcome {
+    Outcome::Answered(ServingStatus::Serving)
+}
+
+fn not_serving() -> Outcome {
+    Outcome::Answered(ServingStatus::NotServing)
+}
+
+fn refused() -> Outcome {
+    Outcome::Failed(ProbeError::ConnectionRefused)
+}
+
+fn observation(outcome: Outcome, at: Instant) -> Observation {
+    Observation {
+        outcome,
+        at,
+        latency: Duration::from_micros(700),
+    }
+}
+
+/// Feeds outcomes one interval apart through hysteresis (rise 2, fall 3) and compares each
+/// reply line.
+fn check(outcomes: &[Outcome], expected: &[&str]) {
+    check_with(
+        &probes(policy(Verdict::Down, Verdict::Down)),
+        outcomes,
+        expected,
+    )
+}
+
+fn check_with(rules: &Rules, outcomes: &[Outcome], expected: &[&str]) {
+    let start = Instant::now();
+    let mut health: Option<Health> = None;
+    let mut got = Vec::new();
+    for (n, outcome) in outcomes.iter().enumerate() {
+        let at = start + INTERVAL * n as u32;
+        let observed = observation(outcome.clone(), at);
+        let next = match &health {
+            None => Health::first(observed, rules),
+            Some(health) => health.next(observed, rules),
+        };
+        got.push(
+            next.reply(&rules.replies, at)
+                .to_line()
+                .trim_end()
+                .to_string(),
+        );
+        health = Some(next);
+    }
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn first_result_decides_then_fall_needs_three_failures() {
+    check(
+        &[serving(), refused(), refused(), refused(), refused()],
+        &[
+            "up #SERVING 0.7ms",
+            "up #connection refused (1/3 to down)",
+            "up #connection refused (2/3 to down)",
+            "down #connection refused",
+            "down #connection refused",
+        ],
+    );
+}
+
+#[test]
+fn rise_needs_two_successes_and_a_failure_resets_the_count() {
+    check(
+        &[refused(), serving(), refused(), serving(), serving()],
+        &[
+            "down #connection refused",
+            "down #SERVING 0.7ms (1/2 to up)",
+            "down #connection refused",
+            "down #SERVING 0.7ms (1/2 to up)",
+            "up #SERVING 0.7ms",
+        ],
+    );
+}
+
+#[test]
+fn not_serving_is_a_failure_with_its_own_reason() {
+    check(&[not_serving()], &["down #NOT_SERVING"]);
+}
+
+#[test]
+fn not_serving_can_drain_and_up_then_says_ready() {
+    let drain = probes(policy(Verdict::Drain, Verdict::Down));
+    check_with(
+        &drain,
+        &[not_serving(), refused(), serving(), serving()],
+        &[
+            "drain #NOT_SERVING",
+            "down #connection refused",
+            "down #SERVING 0.7ms (1/2 to up)",
+            "up ready #SERVING 0.7ms",
+        ],
+    );
+    // Recovering from NOT_SERVING stays drained (never down) until `rise`.
+    check_with(
+        &drain,
+        &[not_serving(), serving(), serving()],
+        &[
+            "drain #NOT_SERVING",
+            "drain #SERVING 0.7ms (1/2 to up)",
+            "up ready #SERVING 0.7ms",
+        ],
+    );
+    let maint = probes(policy(Verdict::Maint, Verdict::Down));
+    check_with(&maint, &[not_serving()], &["maint #NOT_SERVING"]);
+}
+
+#[test]
+fn unimplemented_can_count_as_up() {
+    let unimplemented = Outcome::Failed(ProbeError::Status {
+        code: "UNIMPLEMENTED".into(),
+        message: String::new(),
+    });
+    check_with(
+        &probes(policy(Verdict::Down, Verdict::Up)),
+        std::slice::from_ref(&unimplemented),
+        &["up #grpc UNIMPLEMENTED 0.7ms"],
+    );
+    check(&[unimplemented], &["down #grpc UNIMPLEMENTED"]);
+}
+
+/// One held status, looked at as time passes: `(seconds after it arrived, reply, up)`.
+fn check_held(first: Outcome, then: Outcome, looks: &[(f64, &str)]) {
+    let rules = held();
+    let start = Instant::now();
+    let health = Health::first(observation(first, start), &rules);
+    let health = health.next(observation(then, start), &rules);
+    for (seconds, expected) in looks {
+        let now = start + Duration::from_secs_f64(*seconds);
+        let settled = health.settled(now).unwrap_or_else(|| health.clone());
+        let line = settled.reply(&rules.replies, now).to_line();
+        assert_eq!(line.trim_end(), *expected, "at {seconds}s");
+    }
+}
+
+#[test]
+fn a_held_failure_turns_down_after_fall_minus_one_intervals() {
+    // Fall 3 at 2 s: the status counts at 0 s, 2 s and 4 s.
+    check_held(
+        serving(),
+        not_serving(),
+        &[
+            (0.0, "up #NOT_SERVING (1/3 to down)"),
+            (1.999, "up #NOT_SERVING (1/3 to down)"),
+            (2.0, "up #NOT_SERVING (2/3 to down)"),
+            (3.999, "up #NOT_SERVING (2/3 to down)"),
+            (4.0, "down #NOT_SERVING"),
+            (60.0, "down #NOT_SERVING"),
+        ],
+    );
+}
+
+#[test]
+fn a_held_success_turns_up_after_rise_minus_one_intervals() {
+    check_held(
+        not_serving(),
+        serving(),
+        &[
+            (0.0, "down #SERVING 0.7ms (1/2 to up)"),
+            (1.999, "down #SERVING 0.7ms (1/2 to up)"),
+            (2.0, "up #SERVING 0.7ms"),
+        ],
+    );
+}
+
+#[test]
+fn the_flip_is_due_when_the_count_reaches_the_bound_and_not_before() {
+    let rules = held();
+    let start = Instant::now();
+    let up = Health::first(observation(serving(), start), &rules);
+    assert_eq!(
+        up.flip_due(),
+        None,
+        "a state that agrees with its status waits for nothing"
+    );
+    let failing = up.next(observation(not_serving(), start), &rules);
+    let due = failing.flip_due().expect("a held failure has a flip due");
+    assert_eq!(due, start + INTERVAL * 2);
+    assert!(failing.settled(due - Duration::from_nanos(1)).is_none());
+    let down = failing.settled(due).expect("flipped at the due time");
+    assert!(!down.up);
+    assert_eq!(down.flip_due(), None);
+    assert_eq!(down.consecutive(due), (0, 3));
+    // Probes never wait on a timer: they count one by one.
+    let polled = up.next(observation(not_serving(), start), &probes(rules.replies));
+    assert_eq!(polled.flip_due(), None);
+}
+
+#[test]
+fn a_repeated_held_status_adds_no_count_and_a_change_starts_over() {
+    let rules = held();
+    let start = Instant::now();
+    let up = Health::first(observation(serving(), start), &rules);
+    let failing = up.next(observation(not_serving(), start), &rules);
+    // Another unhealthy status a second later: the run keeps its start.
+    let unknown = Outcome::Answered(ServingStatus::ServiceUnknown);
+    let later = start + Duration::from_secs(1);
+    let still = failing.next(observation(unknown, later), &rules);
+    assert_eq!(still.flip_due(), failing.flip_due());
+    assert_eq!(still.consecutive(later), (0, 1));
+    // SERVING again before the flip: the run of failures is over.
+    let back = still.next(observation(serving(), later), &rules);
+    assert!(back.up);
+    assert_eq!(back.flip_due(), None);
+}
+
+#[test]
+fn a_trusted_status_applies_at_once() {
+    let rules = Rules {
+        rise: 1,
+        fall: 1,
+        ..held()
+    };
+    let start = Instant::now();
+    let up = Health::first(observation(serving(), start), &rules);
+    let down = up.next(observation(not_serving(), start), &rules);
+    assert!(!down.up);
+}
+
+#[test]
+fn latency_format() {
+    assert_eq!(format_latency(Duration::from_micros(700)), "0.7ms");
+    assert_eq!(format_latency(Duration::from_micros(9_940)), "9.9ms");
+    assert_eq!(format_latency(Duration::from_millis(12)), "12ms");
+}

@@ -1,0 +1,173 @@
+//! One target's poller: the task that keeps its health. It follows a Health/Watch stream
+//! while one is open (see [`super::watch`]) and polls with Check otherwise, every interval
+//! with jitter; a refresh asks for a probe now. It never runs two probes of one target
+//! together, and it stops with the entry (eviction, shutdown).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::{Notify, Semaphore};
+use tokio::time::Instant;
+
+use super::config::PollerConfig;
+use super::entry::Entry;
+use super::health::Observation;
+use super::watch::{self, WatchPlan};
+use crate::events::Events;
+use crate::metrics::Metrics;
+use crate::probe::{Outcome, ProbeError, TargetProber};
+
+/// What every poller shares: the settings it reads each round, the reload signal, the
+/// bound on probes in flight, the metrics and the state-change feed.
+pub struct Shared {
+    /// Swapped whole on reload; read once per probe.
+    pub config: ArcSwap<PollerConfig>,
+    /// Wakes waiting pollers after a reload so they re-plan with the new settings.
+    pub reconfigured: Notify,
+    /// `max_probes_in_flight`.
+    pub permits: Semaphore,
+    pub metrics: Metrics,
+    pub events: Events,
+    /// The zero of the entries' millisecond clocks.
+    pub epoch: Instant,
+}
+
+/// Probes start on slot boundaries: pollers due within one slot wake together, so the
+/// runtime wakes once per slot rather than once per probe (a thread wake-up costs more
+/// than a probe). The interval and its jitter are kept; a probe starts at most one slot
+/// late.
+pub const PROBE_SLOT: Duration = Duration::from_millis(25);
+
+impl Shared {
+    /// The first slot boundary at or after `due`.
+    pub fn slotted(&self, due: Instant) -> Instant {
+        let slot = PROBE_SLOT.as_nanos();
+        let since = due.saturating_duration_since(self.epoch).as_nanos();
+        let rounded = since.div_ceil(slot) * slot;
+        self.epoch + Duration::from_nanos(rounded as u64)
+    }
+
+    /// Milliseconds from the epoch to `at`.
+    pub fn millis(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    /// The instant `millis` after the epoch.
+    pub fn instant_at(&self, millis: u64) -> Instant {
+        self.epoch + Duration::from_millis(millis)
+    }
+}
+
+/// Keeps `entry`'s health until its stop handle is triggered (eviction or shutdown).
+pub async fn run(entry: Arc<Entry>, prober: Arc<dyn TargetProber>, shared: Arc<Shared>) {
+    let stop = entry.stop_handle();
+    let mut watch = WatchPlan::new();
+    // The next probe, and when the last one was due (a reload plans from there).
+    let mut due = Instant::now();
+    let mut last_due = due;
+    loop {
+        if watch.is_due(&shared.config.load(), Instant::now()) {
+            let session = tokio::select! {
+                _ = stop.triggered() => return,
+                session = watch::follow(&entry, prober.as_ref(), &shared) => session,
+            };
+            watch.ended(&entry, &session);
+            if session.opened {
+                // A stream that was open is followed by a probe at once: the first
+                // observation after it. An attempt that never opened leaves the poll
+                // schedule as it was, so attempts add no observations to rise and fall.
+                due = Instant::now();
+            }
+        }
+        if Instant::now() >= due {
+            // Read once per round, so a reload applies from the next probe on.
+            let config = **shared.config.load();
+            let (observation, started) = tokio::select! {
+                _ = stop.triggered() => return,
+                probed = probe_once(prober.as_ref(), config.probe_deadline, &shared) => probed,
+            };
+            if matches!(observation.outcome, Outcome::Answered(_)) {
+                watch.check_answered();
+            }
+            shared
+                .metrics
+                .poller_lag
+                .observe(started.saturating_duration_since(due).as_secs_f64());
+            entry.observe(observation, &config.probe_rules(), &shared);
+            last_due = due;
+            due = next_due(last_due, &config, Instant::now());
+        }
+        // Wait for the next probe; a reload re-plans the wait with the new interval, a
+        // refresh request ends it, and so does the time to open a Watch stream again.
+        loop {
+            entry.plan(shared.millis(due));
+            let reload = shared.reconfigured.notified();
+            let watch_at = watch.next_attempt(&shared.config.load());
+            tokio::select! {
+                _ = stop.triggered() => return,
+                _ = tokio::time::sleep_until(shared.slotted(due)) => break,
+                _ = tokio::time::sleep_until(watch_at.unwrap_or(due)), if watch_at.is_some() => break,
+                _ = entry.refresh_asked() => {
+                    due = Instant::now();
+                    break;
+                }
+                _ = reload => {
+                    due = replanned(last_due, due, &shared.config.load());
+                    if watch.next_attempt(&shared.config.load()).is_some() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One Check within `deadline`, holding a probes-in-flight permit, counted in the metrics.
+/// Returns what it found and when it started.
+pub(super) async fn probe_once(
+    prober: &dyn TargetProber,
+    deadline: Duration,
+    shared: &Shared,
+) -> (Observation, Instant) {
+    let _permit = shared
+        .permits
+        .acquire()
+        .await
+        .expect("the probe semaphore is never closed");
+    let metrics = &shared.metrics;
+    metrics.probes_in_flight.inc();
+    let started = Instant::now();
+    let outcome = match tokio::time::timeout(deadline, prober.check()).await {
+        Ok(outcome) => outcome,
+        Err(_) => Outcome::Failed(ProbeError::Deadline(deadline)),
+    };
+    let latency = started.elapsed();
+    metrics.probes_in_flight.dec();
+    metrics.probed(&outcome);
+    metrics.probe_duration.observe(latency.as_secs_f64());
+    let observation = Observation {
+        outcome,
+        at: started + latency,
+        latency,
+    };
+    (observation, started)
+}
+
+/// The next probe is one jittered interval after the previous one was due; a probe that
+/// overran its interval is followed at once rather than by a burst of catch-up probes.
+fn next_due(previous: Instant, config: &PollerConfig, now: Instant) -> Instant {
+    let factor = 1.0 + config.jitter * (fastrand::f64() * 2.0 - 1.0);
+    let due = previous + config.interval.mul_f64(factor);
+    due.max(now)
+}
+
+/// After a reload, a probe planned one interval after `last` is planned again with the
+/// new interval; a probe due at once stays due.
+fn replanned(last_probe_due: Instant, due: Instant, config: &PollerConfig) -> Instant {
+    let now = Instant::now();
+    if due <= now {
+        return due;
+    }
+    next_due(last_probe_due, config, now)
+}
