@@ -3,6 +3,7 @@
 //! Names match UnitedTraders/haproxy-grpc-agent where they overlap.
 
 pub mod cli;
+pub mod key;
 pub mod layers;
 pub mod spec;
 
@@ -142,7 +143,7 @@ impl Loaded {
             let Some(value) = self.resolved.get(spec.key) else {
                 continue;
             };
-            let text = if spec.key == "grpc_metadata" {
+            let text = if spec.key == key::GRPC_METADATA {
                 let names: Vec<&str> = value
                     .text
                     .split(',')
@@ -312,72 +313,72 @@ impl Checker<'_> {
     }
 
     fn build(&mut self) -> Option<Settings> {
-        let server_bind = self.get("server_bind", parse_ip);
-        let server_port = self.get("server_port", parse_port);
-        let max_connections = self.get("max_connections", |t| parse_count(t, 1, usize::MAX));
-        let max_line = self.get("max_line", |t| parse_count(t, 16, 65536));
-        let read_deadline = self.get("read_deadline", parse_positive_duration);
+        let server_bind = self.get(key::SERVER_BIND, parse_ip);
+        let server_port = self.get(key::SERVER_PORT, parse_port);
+        let max_connections = self.get(key::MAX_CONNECTIONS, |t| parse_count(t, 1, usize::MAX));
+        let max_line = self.get(key::MAX_LINE, |t| parse_count(t, 16, 65536));
+        let read_deadline = self.get(key::READ_DEADLINE, parse_positive_duration);
         let sources = self
-            .get("allow_sources", |t| Sources::parse(t.split(',')))
+            .get(key::ALLOW_SOURCES, |t| Sources::parse(t.split(',')))
             .unwrap_or_default();
         let allowlist = self
-            .get("allow_backends", |t| Allowlist::parse(t.split(',')))
+            .get(key::ALLOW_BACKENDS, |t| Allowlist::parse(t.split(',')))
             .unwrap_or_default();
-        let connect_timeout = self.get("grpc_connect_timeout", parse_positive_duration);
-        let rpc_timeout = self.get("grpc_rpc_timeout", parse_positive_duration);
+        let connect_timeout = self.get(key::GRPC_CONNECT_TIMEOUT, parse_positive_duration);
+        let rpc_timeout = self.get(key::GRPC_RPC_TIMEOUT, parse_positive_duration);
         let metadata = self
-            .get("grpc_metadata", parse_metadata)
+            .get(key::GRPC_METADATA, parse_metadata)
             .unwrap_or_default();
-        let user_agent = self.get("user_agent", parse_user_agent);
-        let ca_file = self.get("tls_ca_file", parse_file);
-        let cert_file = self.get("tls_cert_file", parse_file);
-        let key_file = self.get("tls_key_file", parse_file);
-        let insecure_skip_verify = self.get("tls_insecure_skip_verify", parse_bool);
-        let interval = self.get("check_interval", |t| {
+        let user_agent = self.get(key::USER_AGENT, parse_user_agent);
+        let ca_file = self.get(key::TLS_CA_FILE, parse_file);
+        let cert_file = self.get(key::TLS_CERT_FILE, parse_file);
+        let key_file = self.get(key::TLS_KEY_FILE, parse_file);
+        let insecure_skip_verify = self.get(key::TLS_INSECURE_SKIP_VERIFY, parse_bool);
+        let interval = self.get(key::CHECK_INTERVAL, |t| {
             parse_duration_at_least(t, Duration::from_millis(10))
         });
-        let jitter = self.get("check_jitter", |t| parse_count(t, 0, 50));
-        let rise = self.get("rise", |t| parse_count(t, 1, 1000));
-        let mode = self.get("health_mode", |t| {
+        let jitter = self.get(key::CHECK_JITTER, |t| parse_count(t, 0, 50));
+        let rise = self.get(key::RISE, |t| parse_count(t, 1, 1000));
+        let mode = self.get(key::HEALTH_MODE, |t| {
             parse_choice(
                 t,
                 &[("poll", HealthMode::Poll), ("watch", HealthMode::Watch)],
             )
         });
-        let liveness_interval = self.get("liveness_interval", |t| {
+        let liveness_interval = self.get(key::LIVENESS_INTERVAL, |t| {
             parse_duration_at_least(t, Duration::from_millis(10))
         });
-        let trust_watch = self.get("trust_watch", parse_bool);
-        let fall = self.get("fall", |t| parse_count(t, 1, 1000));
-        let miss_timeout = self.get("miss_timeout", parse_positive_duration);
-        let idle_ttl = self.get("idle_ttl", parse_positive_duration);
-        let max_targets = self.get("max_targets", |t| parse_count(t, 1, usize::MAX));
-        let stale_after = self.get("stale_after", parse_positive_duration);
+        let trust_watch = self.get(key::TRUST_WATCH, parse_bool);
+        let fall = self.get(key::FALL, |t| parse_count(t, 1, 1000));
+        let miss_timeout = self.get(key::MISS_TIMEOUT, parse_positive_duration);
+        let idle_ttl = self.get(key::IDLE_TTL, parse_positive_duration);
+        let max_targets = self.get(key::MAX_TARGETS, |t| parse_count(t, 1, usize::MAX));
+        let stale_after = self.get(key::STALE_AFTER, parse_positive_duration);
         let max_probes_in_flight =
-            self.get("max_probes_in_flight", |t| parse_count(t, 1, 1_000_000));
-        let not_serving = self.get("not_serving_reply", |t| {
+            self.get(key::MAX_PROBES_IN_FLIGHT, |t| parse_count(t, 1, 1_000_000));
+        let not_serving = self.get(key::NOT_SERVING_REPLY, |t| {
             parse_verdict(t, &[Verdict::Down, Verdict::Drain, Verdict::Maint])
         });
-        let unimplemented = self.get("unimplemented_reply", |t| {
+        let unimplemented = self.get(key::UNIMPLEMENTED_REPLY, |t| {
             parse_verdict(t, &[Verdict::Up, Verdict::Down])
         });
-        let metrics_bind = self.get("metrics_bind", parse_ip);
-        let metrics_port = self.get("metrics_port", parse_port);
-        let admin_token = self.get("admin_token", parse_token);
+        let metrics_bind = self.get(key::METRICS_BIND, parse_ip);
+        let metrics_port = self.get(key::METRICS_PORT, parse_port);
+        let admin_token = self.get(key::ADMIN_TOKEN, parse_token);
         let admin_max_connections =
-            self.get("admin_max_connections", |t| parse_count(t, 1, 100_000));
-        let events_buffer = self.get("events_buffer", |t| parse_count(t, 1, 1_000_000));
-        let log_level = self.get("log_level", parse_level);
+            self.get(key::ADMIN_MAX_CONNECTIONS, |t| parse_count(t, 1, 100_000));
+        let events_buffer = self.get(key::EVENTS_BUFFER, |t| parse_count(t, 1, 1_000_000));
+        let log_level = self.get(key::LOG_LEVEL, parse_level);
         let log_modules = self
-            .get("log_modules", parse_log_modules)
+            .get(key::LOG_MODULES, parse_log_modules)
             .unwrap_or_default();
-        let log_format = self.get("log_format", |t| {
+        let log_format = self.get(key::LOG_FORMAT, |t| {
             parse_choice(
                 t,
                 &[("json", LogFormat::Json), ("pretty", LogFormat::Pretty)],
             )
         });
-        let log_destination = self.get("log_destination", |t| {
+        let log_destination = self.get(key::LOG_DESTINATION, |t| {
             parse_choice(
                 t,
                 &[
@@ -386,10 +387,11 @@ impl Checker<'_> {
                 ],
             )
         });
-        let log_file = self.get("log_file", parse_path);
-        let channel_cache = self.get("grpc_channel_cache", parse_bool);
-        let grpc_max_connections = self.get("grpc_max_connections", |t| parse_count(t, 1, 1_000));
-        let log_rotation = self.get("log_rotation", |t| {
+        let log_file = self.get(key::LOG_FILE, parse_path);
+        let channel_cache = self.get(key::GRPC_CHANNEL_CACHE, parse_bool);
+        let grpc_max_connections =
+            self.get(key::GRPC_MAX_CONNECTIONS, |t| parse_count(t, 1, 1_000));
+        let log_rotation = self.get(key::LOG_ROTATION, |t| {
             parse_choice(
                 t,
                 &[
@@ -399,11 +401,11 @@ impl Checker<'_> {
                 ],
             )
         });
-        let log_max_files = self.get("log_max_files", |t| parse_count(t, 1, 100_000));
+        let log_max_files = self.get(key::LOG_MAX_FILES, |t| parse_count(t, 1, 100_000));
 
         // Rules between settings, checked when both sides parsed.
         if let (Some(server), Some(metrics)) = (server_port, metrics_port) {
-            self.rule(server == 0 || server != metrics || metrics == 0, "metrics_port", || {
+            self.rule(server == 0 || server != metrics || metrics == 0, key::METRICS_PORT, || {
                 format!(
                     "is the same as server_port ({server}); give the admin listener its own port"
                 )
@@ -414,20 +416,20 @@ impl Checker<'_> {
         let mut miss_timeout = miss_timeout;
         if let (Some(connect), Some(rpc), Some(miss)) = (connect_timeout, rpc_timeout, miss_timeout)
         {
-            let defaulted = self.defaulted("miss_timeout");
+            let defaulted = self.defaulted(key::MISS_TIMEOUT);
             if defaulted {
                 miss_timeout = Some(miss.min(connect + rpc));
             }
-            self.rule(defaulted || miss <= connect + rpc, "miss_timeout", || {
+            self.rule(defaulted || miss <= connect + rpc, key::MISS_TIMEOUT, || {
                 format!("{miss:?} exceeds grpc_connect_timeout + grpc_rpc_timeout ({:?}), the longest a first probe can take; lower it", connect + rpc)
             });
         }
         self.rule(
             cert_file.is_some() == key_file.is_some(),
             if cert_file.is_some() {
-                "tls_cert_file"
+                key::TLS_CERT_FILE
             } else {
-                "tls_key_file"
+                key::TLS_KEY_FILE
             },
             || {
                 "tls_cert_file and tls_key_file go together; give both for mTLS, or neither"
@@ -435,25 +437,25 @@ impl Checker<'_> {
             },
         );
         if insecure_skip_verify == Some(true) {
-            self.rule(ca_file.is_none(), "tls_insecure_skip_verify", || "cannot be combined with tls_ca_file: with verification off a CA means nothing; drop one of them".to_string());
+            self.rule(ca_file.is_none(), key::TLS_INSECURE_SKIP_VERIFY, || "cannot be combined with tls_ca_file: with verification off a CA means nothing; drop one of them".to_string());
         }
         // The liveness Check is never more frequent than polling: the default grows with
         // the interval; a value set on purpose must be at least the interval.
         let mut liveness_interval = liveness_interval;
         if let (Some(interval), Some(liveness)) = (interval, liveness_interval) {
-            let defaulted = self.defaulted("liveness_interval");
+            let defaulted = self.defaulted(key::LIVENESS_INTERVAL);
             if defaulted {
                 liveness_interval = Some(liveness.max(interval));
             }
-            self.rule(defaulted || liveness >= interval, "liveness_interval", || format!("{liveness:?} is shorter than check_interval ({interval:?}); a watched target would be checked more often than a polled one"));
+            self.rule(defaulted || liveness >= interval, key::LIVENESS_INTERVAL, || format!("{liveness:?} is shorter than check_interval ({interval:?}); a watched target would be checked more often than a polled one"));
         }
         if let (Some(interval), Some(idle_ttl)) = (interval, idle_ttl) {
-            self.rule(idle_ttl >= interval, "idle_ttl", || format!("{idle_ttl:?} is shorter than check_interval ({interval:?}); targets would be evicted before their second probe"));
+            self.rule(idle_ttl >= interval, key::IDLE_TTL, || format!("{idle_ttl:?} is shorter than check_interval ({interval:?}); targets would be evicted before their second probe"));
         }
         let probe_budget = connect_timeout? + rpc_timeout?;
         let stale_after = stale_after.unwrap_or(interval? * 3 + probe_budget);
         let floor = interval? + probe_budget;
-        self.rule(stale_after > floor, "stale_after", || {
+        self.rule(stale_after > floor, key::STALE_AFTER, || {
             format!("{stale_after:?} must exceed check_interval plus both gRPC timeouts ({floor:?}), or healthy targets would read as stale")
         });
 
@@ -461,7 +463,7 @@ impl Checker<'_> {
         let log_file = match log_destination {
             Some(LogDestination::Console) => None,
             Some(LogDestination::File) => {
-                self.rule(log_file.is_some(), "log_destination", || {
+                self.rule(log_file.is_some(), key::LOG_DESTINATION, || {
                     "is \"file\" but no log file is set; set log_file (--log-file, or file_path in [logging])".to_string()
                 });
                 log_file
