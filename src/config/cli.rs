@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Arg, ArgAction, ArgMatches, Command};
 
+use super::key;
 use super::spec::{SETTINGS, Spec};
 
 /// What the command line asks for.
@@ -88,12 +89,12 @@ pub fn command() -> Command {
 
 /// Help sections: each starts at its first setting in the table's order.
 const HEADINGS: &[(&str, &str)] = &[
-    ("server_bind", "Agent listener"),
-    ("grpc_connect_timeout", "gRPC probes"),
-    ("check_interval", "Health oracle"),
-    ("not_serving_reply", "Replies"),
-    ("metrics_bind", "Admin and metrics listener"),
-    ("log_level", "Logging"),
+    (key::SERVER_BIND, "Agent listener"),
+    (key::GRPC_CONNECT_TIMEOUT, "gRPC probes"),
+    (key::CHECK_INTERVAL, "Health oracle"),
+    (key::NOT_SERVING_REPLY, "Replies"),
+    (key::METRICS_BIND, "Admin and metrics listener"),
+    (key::LOG_LEVEL, "Logging"),
 ];
 
 fn setting_arg(spec: &'static Spec) -> Arg {

@@ -7,6 +7,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use super::SettingError;
+use super::key;
 use super::spec::{self, SETTINGS, Spec};
 
 /// Where a value came from.
@@ -202,20 +203,20 @@ fn read_logging_section(
     // `file_path` says.
     let to_file = section.get("destination").and_then(toml::Value::as_str) == Some("file");
     for (name, value) in section {
-        let key = format!("logging.{name}");
+        let file_key = format!("logging.{name}");
         let target = match name.as_str() {
             "file_path" if !to_file => continue,
-            "level" => "log_level",
-            "format" => "log_format",
-            "packages" => "log_modules",
-            "destination" => "log_destination",
-            "file_path" => "log_file",
-            "file_rotation" => "log_rotation",
-            "file_max_files" => "log_max_files",
+            "level" => key::LOG_LEVEL,
+            "format" => key::LOG_FORMAT,
+            "packages" => key::LOG_MODULES,
+            "destination" => key::LOG_DESTINATION,
+            "file_path" => key::LOG_FILE,
+            "file_rotation" => key::LOG_ROTATION,
+            "file_max_files" => key::LOG_MAX_FILES,
             _ => {
                 errors.push(SettingError::file_key(
                     path,
-                    &key,
+                    &file_key,
                     "unknown key in [logging]".to_string(),
                 ));
                 continue;
@@ -226,11 +227,11 @@ fn read_logging_section(
             Ok(text) => {
                 let source = Source::File {
                     path: path.to_path_buf(),
-                    key,
+                    key: file_key,
                 };
                 resolved.insert(spec.key, Value { text, source });
             }
-            Err(problem) => errors.push(SettingError::file_key(path, &key, problem)),
+            Err(problem) => errors.push(SettingError::file_key(path, &file_key, problem)),
         }
     }
 }

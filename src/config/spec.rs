@@ -2,6 +2,8 @@
 //! `key`, the flag is `--` + key with dashes, the environment variable is
 //! `HAPROXY_AGENT_` + key in capitals.
 
+use super::key;
+
 /// Whether a changed value takes effect on SIGHUP or needs a restart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reload {
@@ -108,7 +110,7 @@ pub const SETTINGS: &[Spec] = &[
     // The agent listener.
     aliased(
         spec(
-            "server_bind",
+            key::SERVER_BIND,
             Some("0.0.0.0"),
             "IP",
             Restart,
@@ -117,21 +119,21 @@ pub const SETTINGS: &[Spec] = &[
         &["server_bind_address"],
     ),
     spec(
-        "server_port",
+        key::SERVER_PORT,
         Some("5555"),
         "port",
         Restart,
         "agent port HAProxy's agent-check connects to (0 picks a free port)",
     ),
     spec(
-        "max_connections",
+        key::MAX_CONNECTIONS,
         Some("4096"),
         "count",
         Restart,
         "agent connections served at once; more are closed without a reply",
     ),
     spec(
-        "max_line",
+        key::MAX_LINE,
         Some("1024"),
         "bytes",
         Live,
@@ -139,7 +141,7 @@ pub const SETTINGS: &[Spec] = &[
     ),
     aliased(
         multi(spec(
-            "allow_sources",
+            key::ALLOW_SOURCES,
             None,
             "CIDR",
             Live,
@@ -148,7 +150,7 @@ pub const SETTINGS: &[Spec] = &[
         &["allow_source"],
     ),
     spec(
-        "read_deadline",
+        key::READ_DEADLINE,
         Some("5s"),
         "duration",
         Live,
@@ -157,7 +159,7 @@ pub const SETTINGS: &[Spec] = &[
     // gRPC probes.
     aliased(
         spec(
-            "grpc_connect_timeout",
+            key::GRPC_CONNECT_TIMEOUT,
             Some("1000ms"),
             "duration",
             Live,
@@ -167,7 +169,7 @@ pub const SETTINGS: &[Spec] = &[
     ),
     aliased(
         spec(
-            "grpc_rpc_timeout",
+            key::GRPC_RPC_TIMEOUT,
             Some("1500ms"),
             "duration",
             Live,
@@ -176,42 +178,42 @@ pub const SETTINGS: &[Spec] = &[
         &["grpc_rpc_timeout_ms"],
     ),
     multi(spec(
-        "grpc_metadata",
+        key::GRPC_METADATA,
         None,
         "name=value",
         Restart,
         "extra metadata header sent with every Check; repeatable (file: a [grpc_metadata] table)",
     )),
     spec(
-        "user_agent",
+        key::USER_AGENT,
         None,
         "text",
         Restart,
         "user-agent sent to backends [default: haproxy-grpc-agent/VERSION]",
     ),
     spec(
-        "tls_ca_file",
+        key::TLS_CA_FILE,
         None,
         "path",
         Restart,
         "PEM CA bundle trusted for ssl backends, besides the system roots",
     ),
     spec(
-        "tls_cert_file",
+        key::TLS_CERT_FILE,
         None,
         "path",
         Restart,
         "PEM client certificate for mTLS to ssl backends (with --tls-key-file)",
     ),
     spec(
-        "tls_key_file",
+        key::TLS_KEY_FILE,
         None,
         "path",
         Restart,
         "PEM private key of the client certificate",
     ),
     spec(
-        "tls_insecure_skip_verify",
+        key::TLS_INSECURE_SKIP_VERIFY,
         Some("false"),
         "bool",
         Restart,
@@ -219,7 +221,7 @@ pub const SETTINGS: &[Spec] = &[
     ),
     aliased(
         spec(
-            "grpc_channel_cache",
+            key::GRPC_CHANNEL_CACHE,
             Some("true"),
             "bool",
             Restart,
@@ -228,7 +230,7 @@ pub const SETTINGS: &[Spec] = &[
         &["grpc_channel_cache_enabled"],
     ),
     spec(
-        "grpc_max_connections",
+        key::GRPC_MAX_CONNECTIONS,
         Some("4"),
         "count",
         Restart,
@@ -236,77 +238,77 @@ pub const SETTINGS: &[Spec] = &[
     ),
     // The oracle.
     spec(
-        "check_interval",
+        key::CHECK_INTERVAL,
         Some("2000ms"),
         "duration",
         Live,
         "time between background probes of one backend",
     ),
     spec(
-        "check_jitter",
+        key::CHECK_JITTER,
         Some("10"),
         "percent",
         Live,
         "random spread of each interval (10 means 0.9x to 1.1x)",
     ),
     spec(
-        "rise",
+        key::RISE,
         Some("2"),
         "count",
         Live,
         "consecutive healthy probes that bring a down backend up",
     ),
     spec(
-        "fall",
+        key::FALL,
         Some("3"),
         "count",
         Live,
         "consecutive failed probes that take an up backend down",
     ),
     spec(
-        "health_mode",
+        key::HEALTH_MODE,
         Some("watch"),
         "poll|watch",
         Live,
         "poll: a Check every interval; watch: a Health/Watch stream per target, with a Check every liveness_interval (a backend without Watch is polled)",
     ),
     spec(
-        "liveness_interval",
+        key::LIVENESS_INTERVAL,
         Some("10s"),
         "duration",
         Live,
         "while a target is watched, how often a Check confirms the backend still answers; also how long a backend connection with streams may stay silent before it is PINGed",
     ),
     spec(
-        "trust_watch",
+        key::TRUST_WATCH,
         Some("false"),
         "bool",
         Live,
         "apply a status change a Watch stream reports at once, instead of counting it through rise/fall",
     ),
     spec(
-        "miss_timeout",
+        key::MISS_TIMEOUT,
         Some("1000ms"),
         "duration",
         Live,
         "how long a request for an unseen backend waits for its first probe",
     ),
     spec(
-        "idle_ttl",
+        key::IDLE_TTL,
         Some("5m"),
         "duration",
         Restart,
         "backends not asked about for this long are evicted",
     ),
     spec(
-        "max_targets",
+        key::MAX_TARGETS,
         Some("100000"),
         "count",
         Live,
         "most backends registered at once",
     ),
     spec(
-        "stale_after",
+        key::STALE_AFTER,
         None,
         "duration",
         Live,
@@ -314,7 +316,7 @@ pub const SETTINGS: &[Spec] = &[
     ),
     aliased(
         multi(spec(
-            "allow_backends",
+            key::ALLOW_BACKENDS,
             None,
             "CIDR or glob[:port[-port]]",
             Live,
@@ -323,7 +325,7 @@ pub const SETTINGS: &[Spec] = &[
         &["allow_backend"],
     ),
     spec(
-        "max_probes_in_flight",
+        key::MAX_PROBES_IN_FLIGHT,
         Some("1024"),
         "count",
         Restart,
@@ -331,14 +333,14 @@ pub const SETTINGS: &[Spec] = &[
     ),
     // Replies.
     spec(
-        "not_serving_reply",
+        key::NOT_SERVING_REPLY,
         Some("down"),
         "down|drain|maint",
         Live,
         "what a NOT_SERVING backend is answered",
     ),
     spec(
-        "unimplemented_reply",
+        key::UNIMPLEMENTED_REPLY,
         Some("down"),
         "up|down",
         Live,
@@ -347,7 +349,7 @@ pub const SETTINGS: &[Spec] = &[
     // Admin and metrics listener.
     aliased(
         spec(
-            "metrics_bind",
+            key::METRICS_BIND,
             Some("127.0.0.1"),
             "IP",
             Restart,
@@ -356,28 +358,28 @@ pub const SETTINGS: &[Spec] = &[
         &["metrics_bind_address"],
     ),
     spec(
-        "metrics_port",
+        key::METRICS_PORT,
         Some("9090"),
         "port",
         Restart,
         "port of the admin and metrics listener (0 picks a free port)",
     ),
     spec(
-        "admin_token",
+        key::ADMIN_TOKEN,
         None,
         "text",
         Restart,
         "bearer token the admin API's DELETE and POST require; without one they are allowed only on a loopback --metrics-bind",
     ),
     spec(
-        "admin_max_connections",
+        key::ADMIN_MAX_CONNECTIONS,
         Some("64"),
         "count",
         Restart,
         "admin and metrics connections served at once; more wait in the listen queue",
     ),
     spec(
-        "events_buffer",
+        key::EVENTS_BUFFER,
         Some("1024"),
         "count",
         Restart,
@@ -385,28 +387,28 @@ pub const SETTINGS: &[Spec] = &[
     ),
     // Logging.
     spec(
-        "log_level",
+        key::LOG_LEVEL,
         Some("info"),
         "level",
         Live,
         "trace, debug, info, warn, error or off (per-module levels: --log-modules)",
     ),
     multi(spec(
-        "log_modules",
+        key::LOG_MODULES,
         None,
         "module=level",
         Live,
         "log level of one module; repeatable (file: a [log_modules] table)",
     )),
     spec(
-        "log_format",
+        key::LOG_FORMAT,
         Some("json"),
         "json|pretty",
         Restart,
         "log line format",
     ),
     spec(
-        "log_destination",
+        key::LOG_DESTINATION,
         None,
         "console|file",
         Restart,
@@ -414,7 +416,7 @@ pub const SETTINGS: &[Spec] = &[
     ),
     aliased(
         spec(
-            "log_file",
+            key::LOG_FILE,
             None,
             "path",
             Restart,
@@ -424,7 +426,7 @@ pub const SETTINGS: &[Spec] = &[
     ),
     aliased(
         spec(
-            "log_rotation",
+            key::LOG_ROTATION,
             Some("never"),
             "never|daily|hourly",
             Restart,
@@ -434,7 +436,7 @@ pub const SETTINGS: &[Spec] = &[
     ),
     aliased(
         spec(
-            "log_max_files",
+            key::LOG_MAX_FILES,
             None,
             "count",
             Restart,
@@ -445,19 +447,19 @@ pub const SETTINGS: &[Spec] = &[
 ];
 
 /// Settings whose values are credentials: never logged, printed or echoed in errors.
-pub fn is_secret(key: &str) -> bool {
-    key == "admin_token"
+pub fn is_secret(name: &str) -> bool {
+    name == key::ADMIN_TOKEN
 }
 
 /// Settings whose values may hold credentials (metadata headers carry API keys): their
 /// values are left out of error messages too.
-pub fn hide_value_in_errors(key: &str) -> bool {
-    is_secret(key) || key == "grpc_metadata"
+pub fn hide_value_in_errors(name: &str) -> bool {
+    is_secret(name) || name == key::GRPC_METADATA
 }
 
-/// The spec for `key`, by canonical name or file alias.
-pub fn find(key: &str) -> Option<&'static Spec> {
+/// The spec for `name`, by canonical name or file alias.
+pub fn find(name: &str) -> Option<&'static Spec> {
     SETTINGS
         .iter()
-        .find(|spec| spec.key == key || spec.aliases.contains(&key))
+        .find(|spec| spec.key == name || spec.aliases.contains(&name))
 }

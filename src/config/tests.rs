@@ -1,4 +1,5 @@
 use std::collections::HashMap;
+use std::time::Duration;
 
 use super::*;
 
@@ -578,4 +579,18 @@ fn every_problem_is_reported_at_once() {
         ],
         "{errors:#?}"
     );
+}
+
+#[test]
+fn every_setting_has_a_name_of_its_own() {
+    // The `key` constants turn a misspelt name into a compile error; a name pasted onto a
+    // second setting would still compile, so no two settings or aliases may share one.
+    let mut names: Vec<&str> = spec::SETTINGS
+        .iter()
+        .flat_map(|spec| std::iter::once(spec.key).chain(spec.aliases.iter().copied()))
+        .collect();
+    let count = names.len();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), count, "a name is used twice in SETTINGS");
 }
