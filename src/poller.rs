@@ -69,7 +69,7 @@ impl ReplyPolicy {
 }
 
 fn is_unimplemented(outcome: &Outcome) -> bool {
-    matches!(outcome, Outcome::Failed(ProbeError::Status { code, .. }) if code == "UNIMPLEMENTED")
+    outcome.is_unimplemented()
 }
 
 /// One registered target, the value of the oracle's cache: the latest health its poller
@@ -716,7 +716,7 @@ mod tests {
     #[test]
     fn unimplemented_can_count_as_up() {
         let unimplemented = Outcome::Failed(ProbeError::Status {
-            code: "UNIMPLEMENTED".into(),
+            code: crate::probe::Code::Unimplemented,
             message: String::new(),
         });
         check_with(

@@ -3,6 +3,7 @@
 
 mod answer;
 mod call;
+mod code;
 mod connect;
 mod endpoint;
 mod errors;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+pub use code::Code;
 pub use grpc::{GrpcProbe, ProbeConfig, ProbeSetupError, TlsSettings};
 
 use crate::protocol::Target;
@@ -54,7 +56,7 @@ pub trait TargetProber: Send + Sync + 'static {
     fn watch(&self) -> BoxFuture<'_, Result<WatchStream, ProbeError>> {
         Box::pin(async {
             Err(ProbeError::Status {
-                code: "UNIMPLEMENTED".to_string(),
+                code: Code::Unimplemented,
                 message: "this prober has no watch".to_string(),
             })
         })
@@ -128,6 +130,11 @@ impl Outcome {
         matches!(self, Outcome::Answered(ServingStatus::Serving))
     }
 
+    /// Whether the check failed with UNIMPLEMENTED (see [`ProbeError::is_unimplemented`]).
+    pub fn is_unimplemented(&self) -> bool {
+        matches!(self, Outcome::Failed(error) if error.is_unimplemented())
+    }
+
     /// The short reason shown to HAProxy.
     pub fn reason(&self) -> String {
         match self {
@@ -177,6 +184,18 @@ impl ProbeError {
     pub fn transport(reason: &str) -> ProbeError {
         ProbeError::Transport(reason.to_string())
     }
+
+    /// Whether the backend answered UNIMPLEMENTED: it serves no health service (or no
+    /// Watch), which an operator may count as up and a poller answers by polling instead.
+    pub fn is_unimplemented(&self) -> bool {
+        matches!(
+            self,
+            ProbeError::Status {
+                code: Code::Unimplemented,
+                ..
+            }
+        )
+    }
 }
 
 /// Why a check failed. The `Display` text is the reason HAProxy shows, so it stays short.
@@ -196,7 +215,7 @@ pub enum ProbeError {
     RpcTimeout(Duration),
     /// The server answered with a non-OK gRPC status (e.g. NOT_FOUND, UNIMPLEMENTED).
     #[error("grpc {code}{}", if .message.is_empty() { String::new() } else { format!(": {}", .message) })]
-    Status { code: String, message: String },
+    Status { code: Code, message: String },
     #[error("transport: {0}")]
     Transport(String),
     /// The check overran every timeout it was given; a guard, not a normal outcome.
