@@ -22,7 +22,8 @@ pub use grpc::{GrpcProbe, ProbeConfig, ProbeSetupError, TlsSettings};
 
 use crate::protocol::Target;
 
-/// The generated `grpc.health.v1` client and server (the server serves tests and examples).
+/// The generated `grpc.health.v1` messages and server (the server serves tests and examples;
+/// the agent asks over its own h2 client, so no client is generated).
 pub mod pb {
     #![allow(clippy::all, missing_docs, unreachable_pub)]
     tonic::include_proto!("grpc.health.v1");
