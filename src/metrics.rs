@@ -315,7 +315,7 @@ pub fn outcome_kind(outcome: &Outcome) -> &'static str {
                 "backend_unreachable"
             }
             ProbeError::Tls(_) => "tls",
-            ProbeError::Status { code, .. } if code == "UNIMPLEMENTED" => "unimplemented",
+            ProbeError::Status { .. } if error.is_unimplemented() => "unimplemented",
             ProbeError::Status { .. } => "grpc_status",
             ProbeError::Transport(_) => "transport",
             ProbeError::InvalidTarget(_) => "invalid_target",

@@ -3,6 +3,7 @@
 
 mod answer;
 mod call;
+mod code;
 mod connect;
 mod endpoint;
 mod errors;
@@ -19,11 +20,13 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+pub use code::Code;
 pub use grpc::{GrpcProbe, ProbeConfig, ProbeSetupError, TlsSettings};
 
 use crate::protocol::Target;
 
-/// The generated `grpc.health.v1` client and server (the server serves tests and examples).
+/// The generated `grpc.health.v1` messages and server (the server serves tests and examples;
+/// the agent asks over its own h2 client, so no client is generated).
 pub mod pb {
     #![allow(clippy::all, missing_docs, unreachable_pub)]
     tonic::include_proto!("grpc.health.v1");
@@ -57,7 +60,7 @@ pub trait TargetProber: Send + Sync + 'static {
     fn watch(&self) -> BoxFuture<'_, Result<WatchStream, ProbeError>> {
         Box::pin(async {
             Err(ProbeError::Status {
-                code: "UNIMPLEMENTED".to_string(),
+                code: Code::Unimplemented,
                 message: "this prober has no watch".to_string(),
             })
         })
@@ -180,7 +183,7 @@ impl Outcome {
         matches!(self, Outcome::Answered(ServingStatus::Serving))
     }
 
-    /// The backend has no health service.
+    /// Whether the check failed with UNIMPLEMENTED (see [`ProbeError::is_unimplemented`]).
     pub fn is_unimplemented(&self) -> bool {
         matches!(self, Outcome::Failed(error) if error.is_unimplemented())
     }
@@ -235,9 +238,16 @@ impl ProbeError {
         ProbeError::Transport(reason.to_string())
     }
 
-    /// The backend has no such method (or no health service).
+    /// Whether the backend answered UNIMPLEMENTED: it serves no health service (or no
+    /// Watch), which an operator may count as up and a poller answers by polling instead.
     pub fn is_unimplemented(&self) -> bool {
-        matches!(self, ProbeError::Status { code, .. } if code == "UNIMPLEMENTED")
+        matches!(
+            self,
+            ProbeError::Status {
+                code: Code::Unimplemented,
+                ..
+            }
+        )
     }
 }
 
@@ -258,7 +268,7 @@ pub enum ProbeError {
     RpcTimeout(Duration),
     /// The server answered with a non-OK gRPC status (e.g. NOT_FOUND, UNIMPLEMENTED).
     #[error("grpc {code}{}", if .message.is_empty() { String::new() } else { format!(": {}", .message) })]
-    Status { code: String, message: String },
+    Status { code: Code, message: String },
     #[error("transport: {0}")]
     Transport(String),
     /// The check overran every timeout it was given; a guard, not a normal outcome.

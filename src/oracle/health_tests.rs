@@ -151,7 +151,7 @@ fn not_serving_can_drain_and_up_then_says_ready() {
 #[test]
 fn unimplemented_can_count_as_up() {
     let unimplemented = Outcome::Failed(ProbeError::Status {
-        code: "UNIMPLEMENTED".into(),
+        code: crate::probe::Code::Unimplemented,
         message: String::new(),
     });
     check_with(

@@ -3,11 +3,10 @@
 //! stream. Every malformed answer has its own reason. No I/O here; [`super::endpoint`]
 //! feeds it from the `h2` crate's responses.
 
-use std::borrow::Cow;
-
 use bytes::{Buf, BytesMut};
 use prost::Message;
 
+use super::code::{Code, parse_wire};
 use super::pb::HealthCheckResponse;
 use super::{Outcome, ProbeError, ServingStatus};
 
@@ -85,13 +84,17 @@ impl Answer {
 
     /// What is wrong with the answer's headers, if anything: not HTTP 200, or not gRPC.
     pub fn head_error(&self) -> Option<ProbeError> {
-        let grpc = self.grpc_status.as_deref().map(parse_grpc_status);
+        let grpc = self.grpc_status.as_deref().map(parse_wire);
         match self.status {
             None => return Some(ProbeError::transport("answer without headers")),
             Some(200) => {}
             Some(status) => {
                 let grpc = match grpc {
-                    Some(Some(code)) => format!(", grpc {}", grpc_code_name(code)),
+                    Some(Some(value)) => match Code::from_wire(value) {
+                        Some(code) => format!(", grpc {code}"),
+                        // OK names no failure, but the HTTP status made this one.
+                        None => ", grpc OK".to_string(),
+                    },
                     _ => String::new(),
                 };
                 return Some(ProbeError::Transport(format!("http status {status}{grpc}")));
@@ -137,13 +140,15 @@ impl Answer {
         if let Some(error) = self.head_error() {
             return error;
         }
-        match self.grpc_status.as_deref().map(parse_grpc_status) {
+        match self.grpc_status.as_deref().map(parse_wire) {
             None => ProbeError::transport("watch ended without grpc-status"),
             Some(None) => ProbeError::transport("unparsable grpc-status"),
-            Some(Some(0)) => ProbeError::transport("watch ended by the backend"),
-            Some(Some(code)) => ProbeError::Status {
-                code: grpc_code_name(code).into_owned(),
-                message: self.grpc_message.unwrap_or_default(),
+            Some(Some(value)) => match Code::from_wire(value) {
+                Some(code) => ProbeError::Status {
+                    code,
+                    message: self.grpc_message.unwrap_or_default(),
+                },
+                None => ProbeError::transport("watch ended by the backend"),
             },
         }
     }
@@ -153,7 +158,7 @@ impl Answer {
         if let Some(error) = self.head_error() {
             return Outcome::Failed(error);
         }
-        let grpc = self.grpc_status.as_deref().map(parse_grpc_status);
+        let grpc = self.grpc_status.as_deref().map(parse_wire);
         let code = match grpc {
             None => {
                 let reason = match (self.blocks, self.message.is_empty()) {
@@ -164,11 +169,12 @@ impl Answer {
                 return Outcome::Failed(ProbeError::transport(reason));
             }
             Some(None) => return Outcome::Failed(ProbeError::transport("unparsable grpc-status")),
-            Some(Some(code)) => code,
+            Some(Some(value)) => Code::from_wire(value),
         };
-        if code != 0 {
+        // No code is OK: the health message then says how the backend is.
+        if let Some(code) = code {
             return Outcome::Failed(ProbeError::Status {
-                code: grpc_code_name(code).into_owned(),
+                code,
                 message: self.grpc_message.unwrap_or_default(),
             });
         }
@@ -196,41 +202,6 @@ fn quoted(value: &[u8]) -> String {
             }
         })
         .collect()
-}
-
-/// A `grpc-status` value: decimal digits only.
-fn parse_grpc_status(value: &[u8]) -> Option<u32> {
-    if value.is_empty() || value.len() > 9 || !value.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(value).ok()?.parse().ok()
-}
-
-/// The canonical upper-case name of a gRPC status code.
-pub fn grpc_code_name(code: u32) -> Cow<'static, str> {
-    const NAMES: [&str; 17] = [
-        "OK",
-        "CANCELLED",
-        "UNKNOWN",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "ABORTED",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DATA_LOSS",
-        "UNAUTHENTICATED",
-    ];
-    match NAMES.get(code as usize) {
-        Some(name) => Cow::Borrowed(name),
-        None => Cow::Owned(format!("status {code}")),
-    }
 }
 
 /// The one length-prefixed HealthCheckResponse of an OK answer.

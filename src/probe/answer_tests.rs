@@ -92,6 +92,13 @@ fn every_malformed_answer_has_its_own_reason() {
         ),
         (
             vec![Part::Block(
+                &[(":status", "502"), ("grpc-status", "0")],
+                true,
+            )],
+            "transport: http status 502, grpc OK",
+        ),
+        (
+            vec![Part::Block(
                 &[(":status", "200"), ("grpc-status", "0")],
                 true,
             )],
@@ -302,7 +309,7 @@ fn watch_messages_come_out_one_by_one_however_they_are_cut() {
     assert_eq!(
         unimplemented.watch_end(),
         ProbeError::Status {
-            code: "UNIMPLEMENTED".into(),
+            code: Code::Unimplemented,
             message: String::new()
         }
     );
