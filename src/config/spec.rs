@@ -270,14 +270,14 @@ pub const SETTINGS: &[Spec] = &[
         Some("watch"),
         "poll|watch",
         Live,
-        "poll: a Check every interval; watch: a Health/Watch stream per target, with a Check every liveness_interval (a backend without Watch is polled)",
+        "poll: a Check every interval; watch: a Health/Watch stream per target, and a liveness Check per backend connection every liveness_interval (a backend without Watch is polled)",
     ),
     spec(
         key::LIVENESS_INTERVAL,
         Some("10s"),
         "duration",
         Live,
-        "while a target is watched, how often a Check confirms the backend still answers; also how long a backend connection with streams may stay silent before it is PINGed",
+        "how often a backend connection carrying Watch streams gets a Check that confirms the backend still answers calls (one per connection, for every target watched there); also how long a connection with streams may stay silent before it is PINGed",
     ),
     spec(
         key::TRUST_WATCH,
