@@ -147,8 +147,8 @@ impl App {
     ) -> Result<App, StartError> {
         let metrics = Metrics::new(&registry)?;
         let events = Events::new(settings.admin.events_buffer);
-        let probe =
-            GrpcProbe::new(settings.probe.clone())?.count_channels(metrics.channels_active.clone());
+        let probe = GrpcProbe::new(settings.probe.clone())?
+            .count_channels(metrics.probes.channels_active.clone());
         let probe: Arc<dyn Probe> = Arc::new(probe);
         let oracle = Oracle::new(
             Arc::clone(&probe),

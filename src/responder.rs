@@ -13,7 +13,7 @@ use tracing::Instrument;
 
 use crate::allowlist::Sources;
 use crate::connection::{Connection, Frame};
-use crate::metrics::Metrics;
+use crate::metrics::{ErrorType, Metrics, RefusedReason};
 use crate::oracle::Oracle;
 use crate::protocol::{self, Reply, Target};
 use crate::shutdown::Shutdown;
@@ -105,14 +105,14 @@ pub async fn serve<A: Ask>(
         };
         if !config.load().sources.allows(peer.ip()) {
             tracing::debug!(%peer, "connection from outside allow_sources; closed");
-            metrics.refused("source");
+            metrics.refused(RefusedReason::Source);
             drop(stream);
             continue;
         }
         // Closing at once, without a reply, leaves HAProxy's last known state in place;
         // a `down` here would take healthy servers out because the agent is busy.
         let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-            metrics.refused("limit");
+            metrics.refused(RefusedReason::Limit);
             if !refusing {
                 tracing::warn!(
                     max_connections,
@@ -158,7 +158,7 @@ struct Open {
 
 impl Open {
     fn new(permit: OwnedSemaphorePermit, metrics: &Metrics) -> Open {
-        metrics.connections_active.inc();
+        metrics.port.connections_active.inc();
         Open {
             _permit: permit,
             metrics: metrics.clone(),
@@ -168,7 +168,7 @@ impl Open {
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.metrics.connections_active.dec();
+        self.metrics.port.connections_active.dec();
     }
 }
 
@@ -206,7 +206,7 @@ async fn handle<A: Ask>(
             Err(_elapsed) => {
                 // An idle client is simply closed; one stuck mid-line is told why.
                 if connection.has_partial_line() {
-                    open.metrics.request_refused("read_timeout");
+                    open.metrics.request_refused(ErrorType::ReadTimeout);
                     let reason = format!(
                         "bad request: no end of line within {}ms",
                         read_deadline.as_millis()
@@ -225,7 +225,7 @@ async fn handle<A: Ask>(
         let (reply, close_after) = match frame {
             Frame::End => return,
             Frame::TooLong => {
-                metrics.request_refused("line_too_long");
+                metrics.request_refused(ErrorType::LineTooLong);
                 (Reply::down("request line too long"), true)
             }
             Frame::Line(line) => match protocol::parse_request(line) {
@@ -236,12 +236,13 @@ async fn handle<A: Ask>(
                     (reply, false)
                 }
                 Err(error) => {
-                    metrics.request_refused("parse_error");
+                    metrics.request_refused(ErrorType::ParseError);
                     (Reply::bad_request(&error), false)
                 }
             },
         };
         metrics
+            .port
             .check_duration
             .observe(started.elapsed().as_secs_f64());
         tracing::debug!(reply = %reply.to_line().trim_end(), "answered");

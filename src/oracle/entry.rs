@@ -280,7 +280,7 @@ impl<'a> Watching<'a> {
     ) -> Watching<'a> {
         entry.heard.store(heard);
         entry.watched.store(true, Ordering::Relaxed);
-        metrics.watch_streams_active.inc();
+        metrics.probes.watch_streams_active.inc();
         Watching { entry, metrics }
     }
 }
@@ -289,6 +289,6 @@ impl Drop for Watching<'_> {
     fn drop(&mut self) {
         self.entry.watched.store(false, Ordering::Relaxed);
         self.entry.heard.store(None);
-        self.metrics.watch_streams_active.dec();
+        self.metrics.probes.watch_streams_active.dec();
     }
 }

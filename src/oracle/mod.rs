@@ -32,7 +32,7 @@ pub use health::format_latency;
 pub use poll::PROBE_SLOT;
 
 use crate::events::Events;
-use crate::metrics::{Metrics, outcome_kind};
+use crate::metrics::{ErrorType, EvictionCause, Metrics, OutcomeKind};
 use crate::probe::Probe;
 use crate::protocol::{Reply, Target, Verdict};
 use crate::shutdown::Shutdown;
@@ -75,18 +75,18 @@ impl Oracle {
             .eviction_listener(move |target: Arc<Target>, entry: Arc<Entry>, cause| {
                 entry.stop();
                 let left = on_evict.fetch_sub(1, Ordering::Relaxed) - 1;
-                evict_metrics.targets_registered.set(left as i64);
+                evict_metrics.cache.targets_registered.set(left as i64);
                 let cause = match cause {
                     RemovalCause::Expired => {
                         tracing::info!(target_line = %target, "target idle; stopped probing it");
-                        "idle"
+                        EvictionCause::Idle
                     }
                     RemovalCause::Explicit => {
                         tracing::info!(target_line = %target, "target evicted by the admin api; stopped probing it");
-                        "admin"
+                        EvictionCause::Admin
                     }
-                    RemovalCause::Size => "capacity",
-                    RemovalCause::Replaced => "replaced",
+                    RemovalCause::Size => EvictionCause::Capacity,
+                    RemovalCause::Replaced => EvictionCause::Replaced,
                 };
                 evict_metrics.evicted(cause);
             })
@@ -125,13 +125,13 @@ impl Oracle {
     pub async fn ask(&self, target: Target) -> Reply {
         let asked_at = Instant::now();
         if let Err(denied) = self.inner.probe.admits(&target) {
-            self.inner.metrics.error("denied");
+            self.inner.metrics.error(ErrorType::Denied);
             return Reply::down(denied.to_string());
         }
         let entry = match self.lookup_or_register(target) {
             Ok(entry) => entry,
             Err(reply) => {
-                self.inner.metrics.error("target_limit");
+                self.inner.metrics.error(ErrorType::TargetLimit);
                 return reply;
             }
         };
@@ -152,7 +152,7 @@ impl Oracle {
             Err(_) => None,
         };
         answered.unwrap_or_else(|| {
-            self.inner.metrics.error("first_probe_pending");
+            self.inner.metrics.error(ErrorType::FirstProbePending);
             Reply::down("first probe pending")
         })
     }
@@ -258,7 +258,7 @@ impl Oracle {
     fn lookup_or_register(&self, target: Target) -> Result<Arc<Entry>, Reply> {
         let inner = &self.inner;
         if let Some(entry) = inner.cache.get(&target) {
-            inner.metrics.cache_hits.inc();
+            inner.metrics.cache.hits.inc();
             return Ok(entry);
         }
         // Reserve a slot first, so concurrent misses cannot overshoot the bound.
@@ -273,12 +273,13 @@ impl Oracle {
             .or_insert_with(|| Arc::new(self.new_entry(target)));
         if !entry.is_fresh() {
             inner.registered.fetch_sub(1, Ordering::Relaxed);
-            inner.metrics.cache_hits.inc();
+            inner.metrics.cache.hits.inc();
             return Ok(entry.into_value());
         }
-        inner.metrics.cache_misses.inc();
+        inner.metrics.cache.misses.inc();
         inner
             .metrics
+            .cache
             .targets_registered
             .set(inner.registered.load(Ordering::Relaxed) as i64);
         let entry = entry.into_value();
@@ -305,14 +306,14 @@ impl Oracle {
 
     /// The reply from the cached health, or `stale` when no probe has completed for too
     /// long, with the cause when it is not `up`.
-    fn reply_for(&self, entry: &Entry, now: Instant) -> Option<(Reply, Option<&'static str>)> {
+    fn reply_for(&self, entry: &Entry, now: Instant) -> Option<(Reply, Option<ErrorType>)> {
         let config = self.inner.config.load();
         // A watched target's answer comes over a connection proven alive once per
         // liveness interval, so it may be that much older.
         let watched_limit = config.stale_after + config.poller.liveness_interval;
         if let Some(age) = entry.is_stale(now, config.stale_after, watched_limit) {
             let reply = Reply::down(format!("stale: no probe for {}", format_latency(age)));
-            return Some((reply, Some("stale")));
+            return Some((reply, Some(ErrorType::Stale)));
         }
         let health = entry.health()?;
         // A held status that has earned its flip is answered flipped, even in the moment
@@ -320,8 +321,11 @@ impl Oracle {
         let settled = health.settled(now);
         let health = settled.as_ref().unwrap_or(&health);
         let reply = health.reply(&config.poller.replies, now);
-        let error_type = (reply.verdict != Verdict::Up)
-            .then(|| outcome_kind(health.last_failure.as_ref().unwrap_or(&health.last)));
+        let error_type = if reply.verdict == Verdict::Up {
+            None
+        } else {
+            OutcomeKind::of(health.last_failure.as_ref().unwrap_or(&health.last)).error_type()
+        };
         Some((reply, error_type))
     }
 }

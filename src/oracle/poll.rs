@@ -92,6 +92,7 @@ pub async fn run(entry: Arc<Entry>, prober: Arc<dyn TargetProber>, shared: Arc<S
             }
             shared
                 .metrics
+                .probes
                 .poller_lag
                 .observe(started.saturating_duration_since(due).as_secs_f64());
             entry.observe(observation, &config.probe_rules(), &shared);
@@ -136,16 +137,16 @@ pub(super) async fn probe_once(
         .await
         .expect("the probe semaphore is never closed");
     let metrics = &shared.metrics;
-    metrics.probes_in_flight.inc();
+    metrics.probes.in_flight.inc();
     let started = Instant::now();
     let outcome = match tokio::time::timeout(deadline, prober.check()).await {
         Ok(outcome) => outcome,
         Err(_) => Outcome::Failed(ProbeError::Deadline(deadline)),
     };
     let latency = started.elapsed();
-    metrics.probes_in_flight.dec();
+    metrics.probes.in_flight.dec();
     metrics.probed(&outcome);
-    metrics.probe_duration.observe(latency.as_secs_f64());
+    metrics.probes.duration.observe(latency.as_secs_f64());
     let observation = Observation {
         outcome,
         at: started + latency,

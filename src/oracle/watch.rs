@@ -168,7 +168,7 @@ async fn open(
         .await
         .expect("the probe semaphore is never closed");
     let metrics = &shared.metrics;
-    metrics.probes_in_flight.inc();
+    metrics.probes.in_flight.inc();
     let started = Instant::now();
     let opening = async {
         let mut stream = prober.watch().await?;
@@ -176,7 +176,7 @@ async fn open(
         Ok::<_, ProbeError>((stream, first))
     };
     let opened = tokio::time::timeout(deadline, opening).await;
-    metrics.probes_in_flight.dec();
+    metrics.probes.in_flight.dec();
     let latency = started.elapsed();
     let (stream, first) = match opened {
         Err(_) => return Err(Ended::Failed(ProbeError::Deadline(deadline))),
@@ -189,7 +189,7 @@ async fn open(
     };
     let outcome = Outcome::Answered(status);
     metrics.probed(&outcome);
-    metrics.probe_duration.observe(latency.as_secs_f64());
+    metrics.probes.duration.observe(latency.as_secs_f64());
     let observation = Observation {
         outcome,
         at: started + latency,
