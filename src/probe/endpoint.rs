@@ -11,16 +11,20 @@
 //! - A connection that takes no new calls (GOAWAY, REFUSED_STREAM, an error, no PING
 //!   answer) leaves the pool at once and is closed when its last call ends, and at the
 //!   latest connect + RPC timeout after it was retired.
-//! - A connection that carries Watch streams gets a liveness Check (service `""`) when no
-//!   Check was answered on it for `liveness_interval`: one per connection, whatever the
-//!   number of targets watched there. Any gRPC answer proves the backend still serves
-//!   calls; none within the RPC timeout closes the connection, which ends its streams (and
-//!   their targets are polled). A Check, not a bare PING: a server can answer PINGs while
-//!   its handlers are wedged, and grpc-go and C-core answer frequent PINGs without data
-//!   with GOAWAY `too_many_pings`.
+//! - A connection that carries Watch streams is proven alive once per `liveness_interval`,
+//!   whatever the number of targets watched there: by a PING, and every third interval
+//!   by a liveness Check (service `""`) instead. The PING proves the connection and the
+//!   backend's HTTP/2 stack, and costs a fraction of a Check; the Check proves the
+//!   backend's handlers still run (a server can answer PINGs while they are wedged), and
+//!   its answer is the data that gRPC servers want between PINGs (grpc-go and C-core
+//!   answer a third PING without data in five minutes with GOAWAY `too_many_pings`). Any
+//!   gRPC answer to the Check will do; no answer to either within the RPC timeout closes
+//!   the connection, which ends its streams (and their targets are polled).
 //! - A connection is PINGed when a call on it times out, and when it carries streams but
 //!   nothing was heard on it for `liveness_interval`; no answer within the RPC timeout
 //!   closes it.
+//! - The drivers' timers fire on 25 ms boundaries, so connections due together wake the
+//!   runtime once.
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -80,6 +84,24 @@ pub fn client_builder() -> h2::client::Builder {
         .max_concurrent_reset_streams(MAX_RESET_STREAMS)
         .max_local_error_reset_streams(Some(MAX_ERROR_RESETS));
     builder
+}
+
+/// A connection with Watch streams gets a liveness Check every this many keep-alive
+/// intervals (a PING in the others): two PINGs between Checks stay within the two ping
+/// strikes gRPC servers allow.
+pub const CHECK_EVERY: u32 = 3;
+
+/// The drivers' timers fire on these boundaries (from one epoch for the process): a
+/// thread wake-up costs more than the work a keep-alive does.
+const TIMER_SLOT: Duration = Duration::from_millis(25);
+
+/// The first timer boundary at or after `at`.
+fn slotted(at: Instant) -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    let slot = TIMER_SLOT.as_nanos();
+    let since = at.saturating_duration_since(epoch).as_nanos();
+    epoch + Duration::from_nanos((since.div_ceil(slot) * slot) as u64)
 }
 
 /// A liveness Check on one connection, made by the calls module: `Ok` if the backend
@@ -650,10 +672,11 @@ async fn drive(
             ));
         }
         if fired && now >= keepalive_at {
-            // A connection with Watch streams and no Check answered for the keep-alive
-            // gets a liveness Check; one with streams that was silent for it is PINGed.
-            // The next look is when either would come due, or a keep-alive from now.
-            let unchecked_until = control.checked.at() + settings.keepalive;
+            // A connection with Watch streams and no Check answered for `CHECK_EVERY`
+            // keep-alives gets a liveness Check; one with streams that was silent for a
+            // keep-alive is PINGed. The next look is when either would come due, or a
+            // keep-alive from now.
+            let unchecked_until = control.checked.at() + settings.keepalive * CHECK_EVERY;
             let silent_until = control.heard_at() + settings.keepalive;
             let watched = control.watches.load(Ordering::Relaxed) > 0;
             let busy = control.streams.load(Ordering::Relaxed) > 0;
@@ -681,7 +704,7 @@ async fn drive(
             .expect("the keep-alive is always set");
         if next != armed || fired {
             armed = next;
-            timer.as_mut().reset(armed);
+            timer.as_mut().reset(slotted(armed));
         }
     };
     control.retire(reason);
