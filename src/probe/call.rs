@@ -77,26 +77,31 @@ pub async fn watch(endpoint: &Endpoint, prepared: &Prepared) -> Result<WatchStre
     }
 }
 
-/// Sends the request on the slot's connection. Nothing has reached the backend if this
-/// fails, so every failure is safe to make again.
+/// Sends the request on the slot's connection. A request h2 does not start never left, so
+/// that failure is safe to make again; once the stream is open, the response tells how
+/// the call ended.
 fn send(
     slot: &Slot,
     prepared: &Prepared,
     rpc_by: Instant,
 ) -> Result<(h2::client::ResponseFuture, h2::SendStream<Bytes>), End> {
-    let unprocessed = |error: h2::Error| {
-        let error = errors::connection(&error);
-        slot.retire(error.clone());
-        End::Unprocessed(error)
-    };
     let left = rpc_by.saturating_duration_since(Instant::now());
     let (response, mut request) = slot
         .sender()
         .send_request(prepared.head(left), false)
-        .map_err(unprocessed)?;
-    request
-        .send_data(prepared.body(), true)
-        .map_err(unprocessed)?;
+        .map_err(|error| {
+            let error = errors::connection(&error);
+            slot.retire(error.clone());
+            End::Unprocessed(error)
+        })?;
+    // The headers may be out (the connection task sends them at once) and the stream
+    // closed before the message follows: a backend may answer the headers alone, with a
+    // trailers-only status (UNIMPLEMENTED, an auth failure), then end the stream with
+    // RST_STREAM NO_ERROR, whose answer a client must not discard (RFC 9113 section 8.1);
+    // or it reset the stream, or the connection ended. h2 then refuses the message (a
+    // closed stream is its only refusal of this one), and the response holds the answer or
+    // the stream's error, at once.
+    let _ = request.send_data(prepared.body(), true);
     Ok((response, request))
 }
 
