@@ -270,14 +270,14 @@ pub const SETTINGS: &[Spec] = &[
         Some("watch"),
         "poll|watch",
         Live,
-        "poll: a Check every interval; watch: a Health/Watch stream per target, and a liveness Check per backend connection every liveness_interval (a backend without Watch is polled)",
+        "poll: a Check every interval; watch: a Health/Watch stream per target, and a liveness PING or Check per backend connection every liveness_interval (a backend without Watch is polled)",
     ),
     spec(
         key::LIVENESS_INTERVAL,
         Some("10s"),
         "duration",
         Live,
-        "how often a backend connection carrying Watch streams gets a Check that confirms the backend still answers calls (one per connection, for every target watched there); also how long a connection with streams may stay silent before it is PINGed",
+        "how often a backend connection carrying Watch streams is proven alive, for every target watched there: a PING, and every third time a Check that proves the backend still answers calls; also how long a connection with streams may stay silent before it is PINGed",
     ),
     spec(
         key::TRUST_WATCH,
