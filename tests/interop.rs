@@ -2,7 +2,8 @@
 //! write, each a small server in tests/interop/ (built by `.ci/interop-setup`): grpcio,
 //! grpc-js, grpc-go and grpc++. Every case runs against every stack: serving flips for
 //! the whole server and a named service (watched and polled), an unknown service, Watch
-//! carrying the changes, a killed and restarted server, a graceful stop, TLS with the
+//! carrying the changes, liveness within the server's ping policy, a killed and restarted
+//! server, a graceful stop, TLS with the
 //! authority as server name, and a server stream limit below the number of services.
 
 mod support;
@@ -131,6 +132,33 @@ async fn watch_streams_carry_the_changes(stack: Stack) {
         "watch",
         "{stack}"
     );
+}
+
+/// A watched connection's liveness PINGs (and a Check every third interval) stay within
+/// the server's ping policy: grpc-go and gRPC's C core answer a third PING without data
+/// in five minutes with GOAWAY `too_many_pings`, which would end the stream and leave the
+/// target polled. At a 100 ms liveness interval, 3 s are about 30 liveness rounds.
+async fn liveness_stays_within_the_ping_policy(stack: Stack) {
+    let server = Server::start(stack, &Config::services(&[SERVICE])).await;
+    let agent = start_agent(&[
+        "--health-mode",
+        "watch",
+        "--check-interval",
+        "100ms",
+        "--liveness-interval",
+        "100ms",
+    ])
+    .await;
+    let line = line_for(server.port, SERVICE);
+    reply_becomes(agent.addr, &line, "up #SERVING", WITHIN).await;
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    while tokio::time::Instant::now() < until {
+        let view = backend_view(&agent, &line).await;
+        assert_eq!(view["mode"], "watch", "{stack}: the stream ended: {view}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let reply = ask(agent.addr, &line).await;
+    assert!(reply.starts_with("up #SERVING"), "{stack}: {reply}");
 }
 
 /// A killed server reads down; started again on its port, it reads up and is watched
@@ -285,6 +313,11 @@ macro_rules! interop_cases {
             #[tokio::test]
             async fn watch_streams_carry_the_changes() {
                 super::watch_streams_carry_the_changes($stack).await;
+            }
+
+            #[tokio::test]
+            async fn liveness_stays_within_the_ping_policy() {
+                super::liveness_stays_within_the_ping_policy($stack).await;
             }
 
             #[tokio::test]

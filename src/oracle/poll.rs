@@ -62,62 +62,85 @@ impl Shared {
 /// Keeps `entry`'s health until its stop handle is triggered (eviction or shutdown).
 pub async fn run(entry: Arc<Entry>, prober: Arc<dyn TargetProber>, shared: Arc<Shared>) {
     let stop = entry.stop_handle();
+    tokio::select! {
+        _ = stop.triggered() => {}
+        _ = keep(&entry, prober.as_ref(), &shared) => {}
+    }
+}
+
+/// When the next probe is due, and when the last one was (a reload plans from there).
+struct Schedule {
+    due: Instant,
+    last_due: Instant,
+}
+
+/// Follows a stream while one is open, polls when due, waits in between; never returns
+/// (it ends when `run` drops it, at any await).
+async fn keep(entry: &Entry, prober: &dyn TargetProber, shared: &Shared) {
     let mut watch = WatchPlan::new();
-    // The next probe, and when the last one was due (a reload plans from there).
-    let mut due = Instant::now();
-    let mut last_due = due;
+    let now = Instant::now();
+    let mut schedule = Schedule {
+        due: now,
+        last_due: now,
+    };
     loop {
         if watch.is_due(&shared.config.load(), Instant::now()) {
-            let session = tokio::select! {
-                _ = stop.triggered() => return,
-                session = watch::follow(&entry, prober.as_ref(), &shared) => session,
-            };
-            watch.ended(&entry, &session);
+            let session = watch::follow(entry, prober, shared).await;
+            watch.ended(entry, &session);
             if session.opened {
                 // A stream that was open is followed by a probe at once: the first
                 // observation after it. An attempt that never opened leaves the poll
                 // schedule as it was, so attempts add no observations to rise and fall.
-                due = Instant::now();
+                schedule.due = Instant::now();
             }
         }
-        if Instant::now() >= due {
-            // Read once per round, so a reload applies from the next probe on.
-            let config = **shared.config.load();
-            let (observation, started) = tokio::select! {
-                _ = stop.triggered() => return,
-                probed = probe_once(prober.as_ref(), config.probe_deadline, &shared) => probed,
-            };
-            if matches!(observation.outcome, Outcome::Answered(_)) {
-                watch.check_answered();
-            }
-            shared
-                .metrics
-                .probes
-                .poller_lag
-                .observe(started.saturating_duration_since(due).as_secs_f64());
-            entry.observe(observation, &config.probe_rules(), &shared);
-            last_due = due;
-            due = next_due(last_due, &config, Instant::now());
+        if Instant::now() >= schedule.due {
+            poll(entry, prober, shared, &mut watch, &mut schedule).await;
         }
-        // Wait for the next probe; a reload re-plans the wait with the new interval, a
-        // refresh request ends it, and so does the time to open a Watch stream again.
-        loop {
-            entry.plan(shared.millis(due));
-            let reload = shared.reconfigured.notified();
-            let watch_at = watch.next_attempt(&shared.config.load());
-            tokio::select! {
-                _ = stop.triggered() => return,
-                _ = tokio::time::sleep_until(shared.slotted(due)) => break,
-                _ = tokio::time::sleep_until(watch_at.unwrap_or(due)), if watch_at.is_some() => break,
-                _ = entry.refresh_asked() => {
-                    due = Instant::now();
-                    break;
-                }
-                _ = reload => {
-                    due = replanned(last_due, due, &shared.config.load());
-                    if watch.next_attempt(&shared.config.load()).is_some() {
-                        break;
-                    }
+        wait(entry, shared, &watch, &mut schedule).await;
+    }
+}
+
+/// One poll: a Check, counted as one observation, and the next one planned.
+async fn poll(
+    entry: &Entry,
+    prober: &dyn TargetProber,
+    shared: &Shared,
+    watch: &mut WatchPlan,
+    schedule: &mut Schedule,
+) {
+    // Read once per round, so a reload applies from the next probe on.
+    let config = **shared.config.load();
+    let (observation, started) = probe_once(prober, config.probe_deadline, shared).await;
+    if matches!(observation.outcome, Outcome::Answered(_)) {
+        watch.check_answered();
+    }
+    let lag = started.saturating_duration_since(schedule.due);
+    shared.metrics.probes.poller_lag.observe(lag.as_secs_f64());
+    entry.observe(observation, &config.probe_rules(), shared);
+    schedule.last_due = schedule.due;
+    schedule.due = next_due(schedule.last_due, &config, Instant::now());
+}
+
+/// Waits for the next probe; a reload re-plans the wait with the new interval, a refresh
+/// request ends it, and so does the time to open a Watch stream again.
+async fn wait(entry: &Entry, shared: &Shared, watch: &WatchPlan, schedule: &mut Schedule) {
+    loop {
+        entry.plan(shared.millis(schedule.due));
+        let reload = shared.reconfigured.notified();
+        let watch_at = watch.next_attempt(&shared.config.load());
+        tokio::select! {
+            _ = tokio::time::sleep_until(shared.slotted(schedule.due)) => return,
+            _ = tokio::time::sleep_until(watch_at.unwrap_or(schedule.due)), if watch_at.is_some() => return,
+            _ = entry.refresh_asked() => {
+                schedule.due = Instant::now();
+                return;
+            }
+            _ = reload => {
+                let config = shared.config.load();
+                schedule.due = replanned(schedule.last_due, schedule.due, &config);
+                if watch.next_attempt(&config).is_some() {
+                    return;
                 }
             }
         }
