@@ -2,6 +2,7 @@
 //! and answer each request line in order: read a bounded line → parse → ask → write.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -75,70 +76,118 @@ pub async fn serve<A: Ask>(
     shutdown: Shutdown,
 ) {
     // The connection limit is fixed at start; the rest is read per connection.
-    let max_connections = config.load().max_connections;
-    let slots = Arc::new(Semaphore::new(max_connections));
+    let mut gate = Gate::new(config.load().max_connections);
     let tracker = TaskTracker::new();
     let mut backoff = ACCEPT_BACKOFF_MIN;
-    let mut refusing = false;
     // Numbers connections for their log span: a short id that orders them.
     let mut connections: u64 = 0;
+    while let Some((stream, peer)) = accept(&listener, &mut backoff, &shutdown).await {
+        let Some(permit) = gate.admit(peer, &config.load().sources, &metrics) else {
+            drop(stream);
+            continue;
+        };
+        connections += 1;
+        let id = format!("{connections:x}");
+        let span = tracing::info_span!("conn", %id, %peer, backend = tracing::field::Empty);
+        let open = Open::new(permit, &metrics);
+        let handled = handle(
+            stream,
+            open,
+            oracle.clone(),
+            Arc::clone(&config),
+            shutdown.clone(),
+        );
+        tracker.spawn(handled.instrument(span));
+    }
+    drop(listener);
+    drain(tracker, config.load().drain_timeout).await;
+}
+
+/// The next connection, or `None` once shutdown begins. An error of the listener itself
+/// (EMFILE and the like) pauses accepting for `backoff`, doubled on each error in a row, so
+/// a full file table does not turn the loop into a busy spin.
+async fn accept(
+    listener: &TcpListener,
+    backoff: &mut Duration,
+    shutdown: &Shutdown,
+) -> Option<(TcpStream, SocketAddr)> {
     loop {
         let accepted = tokio::select! {
-            _ = shutdown.triggered() => break,
+            _ = shutdown.triggered() => return None,
             accepted = listener.accept() => accepted,
         };
-        let (stream, peer) = match accepted {
+        match accepted {
             Ok(accepted) => {
-                backoff = ACCEPT_BACKOFF_MIN;
-                accepted
+                *backoff = ACCEPT_BACKOFF_MIN;
+                return Some(accepted);
             }
             Err(error) if is_per_connection_error(&error) => continue,
             Err(error) => {
                 tracing::warn!(%error, pause_ms = backoff.as_millis() as u64, "accept failed; pausing before the next accept");
                 tokio::select! {
-                    _ = shutdown.triggered() => break,
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.triggered() => return None,
+                    _ = tokio::time::sleep(*backoff) => {}
                 }
-                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
-                continue;
+                *backoff = (*backoff * 2).min(ACCEPT_BACKOFF_MAX);
             }
-        };
-        if !config.load().sources.allows(peer.ip()) {
+        }
+    }
+}
+
+/// Who may take a connection slot. It remembers whether it is refusing for lack of slots
+/// so that reaching the limit and leaving it are logged once each, not once per client.
+struct Gate {
+    slots: Arc<Semaphore>,
+    max_connections: usize,
+    refusing: bool,
+}
+
+impl Gate {
+    fn new(max_connections: usize) -> Gate {
+        Gate {
+            slots: Arc::new(Semaphore::new(max_connections)),
+            max_connections,
+            refusing: false,
+        }
+    }
+
+    /// A slot for a connection from `peer`, or `None` when it is to be closed unanswered.
+    fn admit(
+        &mut self,
+        peer: SocketAddr,
+        sources: &Sources,
+        metrics: &Metrics,
+    ) -> Option<OwnedSemaphorePermit> {
+        if !sources.allows(peer.ip()) {
             tracing::debug!(%peer, "connection from outside allow_sources; closed");
             metrics.refused(RefusedReason::Source);
-            drop(stream);
-            continue;
+            return None;
         }
         // Closing at once, without a reply, leaves HAProxy's last known state in place;
         // a `down` here would take healthy servers out because the agent is busy.
-        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+        let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() else {
             metrics.refused(RefusedReason::Limit);
-            if !refusing {
+            if !self.refusing {
                 tracing::warn!(
-                    max_connections,
+                    max_connections = self.max_connections,
                     "connection limit reached; closing new connections until one frees"
                 );
-                refusing = true;
+                self.refusing = true;
             }
-            drop(stream);
-            continue;
+            return None;
         };
-        if refusing {
+        if self.refusing {
             tracing::info!("below the connection limit again; accepting");
-            refusing = false;
+            self.refusing = false;
         }
-        let oracle = oracle.clone();
-        let shutdown = shutdown.clone();
-        connections += 1;
-        let id = format!("{connections:x}");
-        let span = tracing::info_span!("conn", %id, %peer, backend = tracing::field::Empty);
-        let open = Open::new(permit, &metrics);
-        let handled = handle(stream, open, oracle, Arc::clone(&config), shutdown);
-        tracker.spawn(handled.instrument(span));
+        Some(permit)
     }
-    drop(listener);
+}
+
+/// Waits up to `drain_timeout` for the open connections to finish the replies they owe.
+async fn drain(tracker: TaskTracker, drain_timeout: Duration) {
     tracker.close();
-    if tokio::time::timeout(config.load().drain_timeout, tracker.wait())
+    if tokio::time::timeout(drain_timeout, tracker.wait())
         .await
         .is_err()
     {
@@ -193,6 +242,7 @@ async fn handle<A: Ask>(
     // Pipelined replies must not wait for Nagle.
     let _ = stream.set_nodelay(true);
     let mut connection = Connection::new(stream, live.load().max_line);
+    let metrics = &open.metrics;
     loop {
         let read_deadline = live.load().read_deadline;
         let read = tokio::select! {
@@ -203,43 +253,11 @@ async fn handle<A: Ask>(
         let frame = match read {
             Ok(Ok(frame)) => frame,
             Ok(Err(_io_error)) => return,
-            Err(_elapsed) => {
-                // An idle client is simply closed; one stuck mid-line is told why.
-                if connection.has_partial_line() {
-                    open.metrics.request_refused(ErrorType::ReadTimeout);
-                    let reason = format!(
-                        "bad request: no end of line within {}ms",
-                        read_deadline.as_millis()
-                    );
-                    let reply = Reply::down(reason);
-                    let write = connection.write_reply(&reply);
-                    if let Ok(Ok(())) = tokio::time::timeout(read_deadline, write).await {
-                        connection.close_after_reply(LINGER).await;
-                    }
-                }
-                return;
-            }
+            Err(_elapsed) => return read_timed_out(connection, read_deadline, metrics).await,
         };
         let started = Instant::now();
-        let metrics = &open.metrics;
-        let (reply, close_after) = match frame {
-            Frame::End => return,
-            Frame::TooLong => {
-                metrics.request_refused(ErrorType::LineTooLong);
-                (Reply::down("request line too long"), true)
-            }
-            Frame::Line(line) => match protocol::parse_request(line) {
-                Ok(target) => {
-                    tracing::Span::current().record("backend", tracing::field::display(&target));
-                    let reply = oracle.ask(target).await;
-                    metrics.request_answered(reply.verdict);
-                    (reply, false)
-                }
-                Err(error) => {
-                    metrics.request_refused(ErrorType::ParseError);
-                    (Reply::bad_request(&error), false)
-                }
-            },
+        let Some((reply, close_after)) = answer(frame, &oracle, metrics).await else {
+            return;
         };
         metrics
             .port
@@ -252,5 +270,51 @@ async fn handle<A: Ask>(
             Ok(Ok(())) => {}
             _ => return,
         }
+    }
+}
+
+/// The reply to one frame and whether the connection closes after it; `None` when the
+/// client has closed its side.
+async fn answer<A: Ask>(frame: Frame<'_>, oracle: &A, metrics: &Metrics) -> Option<(Reply, bool)> {
+    match frame {
+        Frame::End => None,
+        Frame::TooLong => {
+            metrics.request_refused(ErrorType::LineTooLong);
+            Some((Reply::down("request line too long"), true))
+        }
+        Frame::Line(line) => match protocol::parse_request(line) {
+            Ok(target) => {
+                tracing::Span::current().record("backend", tracing::field::display(&target));
+                let reply = oracle.ask(target).await;
+                metrics.request_answered(reply.verdict);
+                Some((reply, false))
+            }
+            Err(error) => {
+                metrics.request_refused(ErrorType::ParseError);
+                Some((Reply::bad_request(&error), false))
+            }
+        },
+    }
+}
+
+/// The read deadline passed. An idle client is simply closed; one stuck mid-line is told
+/// why first.
+async fn read_timed_out(
+    mut connection: Connection<TcpStream>,
+    read_deadline: Duration,
+    metrics: &Metrics,
+) {
+    if !connection.has_partial_line() {
+        return;
+    }
+    metrics.request_refused(ErrorType::ReadTimeout);
+    let reason = format!(
+        "bad request: no end of line within {}ms",
+        read_deadline.as_millis()
+    );
+    let reply = Reply::down(reason);
+    let write = connection.write_reply(&reply);
+    if let Ok(Ok(())) = tokio::time::timeout(read_deadline, write).await {
+        connection.close_after_reply(LINGER).await;
     }
 }

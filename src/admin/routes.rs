@@ -8,6 +8,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tokio_stream::StreamExt;
 use warp::Filter;
+use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
@@ -20,90 +21,83 @@ use crate::protocol::{self, Target};
 pub fn routes(
     state: State,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
-    let with_state = {
-        let state = state.clone();
-        warp::any().map(move || state.clone())
-    };
-    let auth = warp::header::optional::<String>("authorization");
+    probe_routes(&state)
+        .or(backend_routes(&state))
+        .unify()
+        .or(events_route(state))
+        .unify()
+        .recover(rejected)
+        .unify()
+}
 
+/// Hands each request its own clone of the shared state.
+fn with_state(state: State) -> impl Filter<Extract = (State,), Error = Infallible> + Clone {
+    warp::any().map(move || state.clone())
+}
+
+/// What Prometheus and orchestrators poll: `/metrics`, `/healthz`, `/readyz`.
+fn probe_routes(state: &State) -> BoxedFilter<(Response,)> {
     let metrics = warp::path!("metrics")
         .and(warp::get())
-        .and(with_state.clone())
+        .and(with_state(state.clone()))
         .then(metrics_text);
     let healthz = warp::path!("healthz")
         .and(warp::get())
         .map(|| text(StatusCode::OK, "ok\n"));
     let readyz = warp::path!("readyz")
         .and(warp::get())
-        .and(with_state.clone())
-        .map(|state: State| {
-            if state.readiness.is_ready() {
-                text(StatusCode::OK, "ready\n")
-            } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-            }
-        });
+        .and(with_state(state.clone()))
+        .map(readiness);
+    metrics.or(healthz).unify().or(readyz).unify().boxed()
+}
+
+/// The cache seen from outside: list and show backends, and the two mutations (evict,
+/// refresh), which must pass [`authorize`].
+fn backend_routes(state: &State) -> BoxedFilter<(Response,)> {
+    let auth = warp::header::optional::<String>("authorization");
     let list = warp::path!("backends")
         .and(warp::get())
         .and(warp::query::<HashMap<String, String>>())
-        .and(with_state.clone())
+        .and(with_state(state.clone()))
         .then(list_backends);
-    let one = warp::path!("backends" / String)
-        .and(warp::get())
-        .and(with_state.clone())
-        .map(|id: String, state: State| match find(&state, &id) {
-            Ok(snapshot) => json(StatusCode::OK, &BackendView::of(&snapshot)),
-            Err(error) => error.into_response(),
-        });
-    let evict = warp::path!("backends" / String)
-        .and(warp::delete())
-        .and(auth)
-        .and(with_state.clone())
-        .map(|id: String, authorization: Option<String>, state: State| {
-            let evicted = authorize(&state, authorization.as_deref())
-                .and_then(|()| decode_id(&id))
-                .and_then(|target| {
-                    if state.oracle.evict(&target) {
-                        Ok(target)
-                    } else {
-                        Err(not_registered(&id))
-                    }
-                });
-            match evicted {
-                Ok(target) => json(
-                    StatusCode::OK,
-                    &serde_json::json!({ "evicted": id, "line": target.to_string() }),
-                ),
-                Err(error) => error.into_response(),
-            }
-        });
     let refresh = warp::path!("backends" / String / "refresh")
         .and(warp::post())
         .and(auth)
-        .and(with_state.clone())
+        .and(with_state(state.clone()))
         .then(refresh_backend);
-    let events = warp::path!("events")
+    let one = warp::path!("backends" / String)
         .and(warp::get())
-        .and(with_state)
-        .map(event_stream);
-
-    metrics
-        .or(healthz)
-        .unify()
-        .or(readyz)
-        .unify()
-        .or(list)
-        .unify()
-        .or(refresh)
+        .and(with_state(state.clone()))
+        .map(show_backend);
+    let evict = warp::path!("backends" / String)
+        .and(warp::delete())
+        .and(auth)
+        .and(with_state(state.clone()))
+        .map(evict_backend);
+    list.or(refresh)
         .unify()
         .or(one)
         .unify()
         .or(evict)
         .unify()
-        .or(events)
-        .unify()
-        .recover(rejected)
-        .unify()
+        .boxed()
+}
+
+/// `/events`: state transitions as server-sent events.
+fn events_route(state: State) -> BoxedFilter<(Response,)> {
+    warp::path!("events")
+        .and(warp::get())
+        .and(with_state(state))
+        .map(event_stream)
+        .boxed()
+}
+
+fn readiness(state: State) -> Response {
+    if state.readiness.is_ready() {
+        text(StatusCode::OK, "ready\n")
+    } else {
+        text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
 }
 
 async fn metrics_text(state: State) -> Response {
@@ -171,6 +165,32 @@ async fn list_backends(query: HashMap<String, String>, state: State) -> Response
         Ok(Ok(body)) => json_body(StatusCode::OK, body),
         Ok(Err(error)) => error_json(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string()),
         Err(error) => error_json(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string()),
+    }
+}
+
+fn show_backend(id: String, state: State) -> Response {
+    match find(&state, &id) {
+        Ok(snapshot) => json(StatusCode::OK, &BackendView::of(&snapshot)),
+        Err(error) => error.into_response(),
+    }
+}
+
+fn evict_backend(id: String, authorization: Option<String>, state: State) -> Response {
+    let evicted = authorize(&state, authorization.as_deref())
+        .and_then(|()| decode_id(&id))
+        .and_then(|target| {
+            if state.oracle.evict(&target) {
+                Ok(target)
+            } else {
+                Err(not_registered(&id))
+            }
+        });
+    match evicted {
+        Ok(target) => json(
+            StatusCode::OK,
+            &serde_json::json!({ "evicted": id, "line": target.to_string() }),
+        ),
+        Err(error) => error.into_response(),
     }
 }
 
