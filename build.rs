@@ -6,7 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={proto}");
     let descriptors = protox::compile([proto], ["proto"])?;
     tonic_prost_build::configure()
-        // The agent's checks go over its own h2 client (src/probe/endpoint.rs), so tonic's
+        // The agent's checks go over its own h2 client (src/probe/endpoint/), so tonic's
         // generated client would be dead code; the server stays for the test backends.
         .build_client(false)
         .build_server(true)

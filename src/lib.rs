@@ -148,7 +148,7 @@ impl App {
         let metrics = Metrics::new(&registry)?;
         let events = Events::new(settings.admin.events_buffer);
         let probe = GrpcProbe::new(settings.probe.clone())?
-            .count_channels(metrics.probes.channels_active.clone());
+            .count_connections(metrics.probes.connections_active.clone());
         let probe: Arc<dyn Probe> = Arc::new(probe);
         let oracle = Oracle::new(
             Arc::clone(&probe),

@@ -54,10 +54,12 @@ pub struct CacheMetrics {
     evictions: LabeledCounter<EvictionCause>,
 }
 
-/// Background health checks, their channels and the states they decide.
+/// Background health checks, their connections and the states they decide.
 #[derive(Clone)]
 pub struct ProbeMetrics {
-    pub channels_active: IntGauge,
+    /// `grpc_channels_active`: the published name says channels; it counts HTTP/2
+    /// connections.
+    pub connections_active: IntGauge,
     results: LabeledCounter<OutcomeKind>,
     pub duration: Histogram,
     transitions: LabeledCounter<TransitionTo>,
@@ -240,7 +242,7 @@ impl CacheMetrics {
 impl ProbeMetrics {
     fn new() -> Result<ProbeMetrics, prometheus::Error> {
         Ok(ProbeMetrics {
-            channels_active: IntGauge::with_opts(opts(
+            connections_active: IntGauge::with_opts(opts(
                 "grpc_channels_active",
                 "HTTP/2 connections to backends open now",
             ))?,
@@ -270,7 +272,7 @@ impl ProbeMetrics {
 
     fn collectors(&self) -> Vec<Box<dyn Collector>> {
         vec![
-            Box::new(self.channels_active.clone()),
+            Box::new(self.connections_active.clone()),
             self.results.collector(),
             Box::new(self.duration.clone()),
             self.transitions.collector(),

@@ -223,7 +223,7 @@ async fn idle_target_is_evicted_and_no_longer_probed() {
         || async { agent.oracle.is_empty() },
     )
     .await;
-    // Eviction stops the poller and releases its channel, which closes the connection.
+    // Eviction stops the poller and releases its endpoint, which closes the connection.
     eventually(
         Duration::from_secs(10),
         "the backend connection closes",

@@ -35,6 +35,7 @@ pub struct ProbeConfig {
     /// on every resolved address.
     pub allowlist: Arc<Allowlist>,
     /// Keep the endpoint's connections between checks (false: a fresh one per check).
+    /// Named after the setting `grpc_channel_cache`, which users know by that name.
     pub channel_cache: bool,
     /// The most HTTP/2 connections to one endpoint (more are opened only when the
     /// backend's stream limit is reached on every one).
@@ -131,18 +132,19 @@ pub struct GrpcProbe {
     timeouts: Arc<ArcSwap<Timeouts>>,
     /// `allow_backends`, swapped on reload; read before every probe and every connect.
     allowlist: Arc<ArcSwap<Allowlist>>,
-    builder: ChannelBuilder,
+    builder: EndpointBuilder,
     /// The extra metadata headers (names lowercased) and the user agent, sent with every
     /// Check.
     metadata: Vec<(String, String)>,
     user_agent: String,
-    channels: Mutex<ChannelPool>,
+    endpoints: Mutex<EndpointPool>,
 }
 
-/// What it takes to make a channel to an endpoint; cheap to clone.
+/// What it takes to make an endpoint; cheap to clone.
 #[derive(Clone)]
-struct ChannelBuilder {
-    /// `grpc_channels_active`: every open HTTP/2 connection counts itself.
+struct EndpointBuilder {
+    /// `grpc_channels_active` (a published name; it counts connections): every open
+    /// HTTP/2 connection counts itself.
     gauge: prometheus::IntGauge,
     tls: Arc<rustls::ClientConfig>,
     client_auth: bool,
@@ -155,9 +157,9 @@ struct ChannelBuilder {
     metadata: Arc<[(String, String)]>,
 }
 
-/// Weak handles, so a channel lives exactly as long as some target's prober holds it.
-struct ChannelPool {
-    channels: HashMap<EndpointKey, Weak<Endpoint>>,
+/// Weak handles, so an endpoint lives exactly as long as some target's prober holds it.
+struct EndpointPool {
+    endpoints: HashMap<EndpointKey, Weak<Endpoint>>,
     prune_at: usize,
 }
 
@@ -183,9 +185,9 @@ impl GrpcProbe {
         let timeouts = Timeouts::of(&config);
         let timeouts = Arc::new(ArcSwap::from_pointee(timeouts));
         let allowlist = Arc::new(ArcSwap::new(Arc::clone(&config.allowlist)));
-        let builder = ChannelBuilder {
+        let builder = EndpointBuilder {
             allowlist: Arc::clone(&allowlist),
-            gauge: prometheus::IntGauge::new("grpc_channels_active", "channels")
+            gauge: prometheus::IntGauge::new("grpc_channels_active", "connections")
                 .expect("a valid metric name"),
             tls,
             client_auth: config.tls.cert_file.is_some(),
@@ -202,34 +204,35 @@ impl GrpcProbe {
             builder,
             metadata,
             user_agent,
-            channels: Mutex::new(ChannelPool {
-                channels: HashMap::new(),
+            endpoints: Mutex::new(EndpointPool {
+                endpoints: HashMap::new(),
                 prune_at: 64,
             }),
         })
     }
 
-    /// Counts the channels this probe makes in `gauge` (`grpc_channels_active`).
-    pub fn count_channels(mut self, gauge: prometheus::IntGauge) -> GrpcProbe {
+    /// Counts the HTTP/2 connections this probe opens in `gauge` (the metric
+    /// `grpc_channels_active`, whose published name says channels).
+    pub fn count_connections(mut self, gauge: prometheus::IntGauge) -> GrpcProbe {
         self.builder.gauge = gauge;
         self
     }
 
-    /// The shared channel for the target's endpoint, made on first use.
-    fn channel(&self, target: &Target) -> Result<Arc<Endpoint>, ProbeError> {
+    /// The target's endpoint, shared with every target on it, made on first use.
+    fn endpoint(&self, target: &Target) -> Result<Arc<Endpoint>, ProbeError> {
         let key = EndpointKey::of(target);
-        let mut pool = self.channels.lock().expect("channel pool lock poisoned");
-        if let Some(channel) = pool.channels.get(&key).and_then(Weak::upgrade) {
-            return Ok(channel);
+        let mut pool = self.endpoints.lock().expect("endpoint pool lock poisoned");
+        if let Some(endpoint) = pool.endpoints.get(&key).and_then(Weak::upgrade) {
+            return Ok(endpoint);
         }
-        // Drop handles of released channels now and then, not on every insert.
-        if pool.channels.len() >= pool.prune_at {
-            pool.channels.retain(|_, weak| weak.strong_count() > 0);
-            pool.prune_at = (pool.channels.len() * 2).max(64);
+        // Drop handles of released endpoints now and then, not on every insert.
+        if pool.endpoints.len() >= pool.prune_at {
+            pool.endpoints.retain(|_, weak| weak.strong_count() > 0);
+            pool.prune_at = (pool.endpoints.len() * 2).max(64);
         }
-        let channel = Arc::new(self.builder.build(&key)?);
-        pool.channels.insert(key, Arc::downgrade(&channel));
-        Ok(channel)
+        let endpoint = Arc::new(self.builder.build(&key)?);
+        pool.endpoints.insert(key, Arc::downgrade(&endpoint));
+        Ok(endpoint)
     }
 }
 
@@ -244,7 +247,7 @@ impl EndpointKey {
     }
 }
 
-impl ChannelBuilder {
+impl EndpointBuilder {
     /// An endpoint whose connections are made by the calls that need them.
     fn build(&self, key: &EndpointKey) -> Result<Endpoint, ProbeError> {
         let tls = if key.tls {
@@ -364,10 +367,10 @@ impl Probe for GrpcProbe {
     }
 
     fn prober(&self, target: &Target) -> Arc<dyn TargetProber> {
-        let channels = if self.config.channel_cache {
-            Channels::Shared(self.channel(target))
+        let endpoints = if self.config.channel_cache {
+            Endpoints::Shared(self.endpoint(target))
         } else {
-            Channels::Fresh {
+            Endpoints::Fresh {
                 builder: Box::new(self.builder.clone()),
                 key: EndpointKey::of(target),
             }
@@ -384,7 +387,7 @@ impl Probe for GrpcProbe {
         };
         let (prepared, prepared_watch) = (prepare(Method::Check), prepare(Method::Watch));
         Arc::new(GrpcTarget {
-            channels,
+            endpoints,
             prepared,
             prepared_watch,
             host: target.host.clone(),
@@ -395,7 +398,7 @@ impl Probe for GrpcProbe {
 }
 
 struct GrpcTarget {
-    channels: Channels,
+    endpoints: Endpoints,
     /// The requests, built once for every check and watch of this target.
     prepared: Result<Prepared, ProbeError>,
     prepared_watch: Result<Prepared, ProbeError>,
@@ -405,13 +408,13 @@ struct GrpcTarget {
     allowlist: Arc<ArcSwap<Allowlist>>,
 }
 
-/// Where a target's checks get their channel.
-enum Channels {
+/// Where a target's checks get their endpoint.
+enum Endpoints {
     /// The endpoint shared by every target on it: its connections, kept between checks.
     Shared(Result<Arc<Endpoint>, ProbeError>),
     /// A new endpoint (and connection) for every check, closed when the check ends.
     Fresh {
-        builder: Box<ChannelBuilder>,
+        builder: Box<EndpointBuilder>,
         key: EndpointKey,
     },
 }
@@ -441,21 +444,21 @@ impl TargetProber for GrpcTarget {
             if self.allowlist.load().admit(&self.host, self.port) == Admission::Denied {
                 return Outcome::Failed(ProbeError::Denied(String::new()));
             }
-            // A fresh channel lives (and counts) until this check ends.
+            // A fresh endpoint (and its connection) lives, and counts, until this check ends.
             let fresh;
-            let channel = match &self.channels {
-                Channels::Shared(Ok(channel)) => channel,
-                Channels::Shared(Err(error)) => return Outcome::Failed(error.clone()),
-                Channels::Fresh { builder, key } => match builder.build(key) {
-                    Ok(channel) => {
-                        fresh = channel;
+            let endpoint = match &self.endpoints {
+                Endpoints::Shared(Ok(endpoint)) => endpoint,
+                Endpoints::Shared(Err(error)) => return Outcome::Failed(error.clone()),
+                Endpoints::Fresh { builder, key } => match builder.build(key) {
+                    Ok(endpoint) => {
+                        fresh = endpoint;
                         &fresh
                     }
                     Err(error) => return Outcome::Failed(error),
                 },
             };
             match &self.prepared {
-                Ok(prepared) => call::check(channel, prepared).await,
+                Ok(prepared) => call::check(endpoint, prepared).await,
                 Err(error) => Outcome::Failed(error.clone()),
             }
         })
@@ -467,15 +470,15 @@ impl TargetProber for GrpcTarget {
                 return Err(ProbeError::Denied(String::new()));
             }
             let prepared = self.prepared_watch.as_ref().map_err(Clone::clone)?;
-            match &self.channels {
-                Channels::Shared(Ok(channel)) => call::watch(channel, prepared).await,
-                Channels::Shared(Err(error)) => Err(error.clone()),
-                // Without the channel cache a stream has a connection of its own, which
+            match &self.endpoints {
+                Endpoints::Shared(Ok(endpoint)) => call::watch(endpoint, prepared).await,
+                Endpoints::Shared(Err(error)) => Err(error.clone()),
+                // Without `grpc_channel_cache` a stream has a connection of its own, which
                 // lives as long as the stream.
-                Channels::Fresh { builder, key } => {
-                    let channel = builder.build(key)?;
-                    let stream = call::watch(&channel, prepared).await?;
-                    Ok(stream.holding(Box::new(channel)))
+                Endpoints::Fresh { builder, key } => {
+                    let endpoint = builder.build(key)?;
+                    let stream = call::watch(&endpoint, prepared).await?;
+                    Ok(stream.holding(Box::new(endpoint)))
                 }
             }
         })
