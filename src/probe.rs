@@ -4,12 +4,14 @@
 mod answer;
 mod call;
 mod code;
+mod config;
 mod connect;
 mod endpoint;
 mod errors;
 mod grpc;
 mod insecure;
 mod request;
+mod tls;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,7 +23,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 pub use code::Code;
-pub use grpc::{GrpcProbe, ProbeConfig, ProbeSetupError, TlsSettings};
+pub use config::{ProbeConfig, ProbeSetupError, TlsSettings};
+pub use grpc::GrpcProbe;
 
 use crate::protocol::Target;
 

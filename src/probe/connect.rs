@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::grpc::Timeouts;
+use super::config::Timeouts;
 use crate::allowlist::Allowlist;
 
 /// Why a connection to a backend could not be made.

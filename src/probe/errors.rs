@@ -7,7 +7,7 @@ use std::io;
 use rustls::AlertDescription;
 
 use super::ProbeError;
-use super::endpoint::{FirstBytes, MAX_FRAME_SIZE, MAX_HEADER_LIST};
+use super::config::{MAX_FRAME_SIZE, MAX_HEADER_LIST};
 
 /// How a call ended without an outcome.
 #[derive(Debug)]
@@ -149,16 +149,12 @@ pub fn tls_handshake(error: &io::Error, client_auth: bool) -> ProbeError {
 
 /// Why a new connection failed before the backend's SETTINGS and the answer to the
 /// agent's first PING: not HTTP/2, closed, or (with mTLS) our certificate refused.
-pub fn before_settings(
-    error: Option<&h2::Error>,
-    first: &FirstBytes,
-    client_auth: bool,
-) -> ProbeError {
-    if first.bytes.starts_with(b"HTTP/") {
+pub fn before_settings(error: Option<&h2::Error>, first: &[u8], client_auth: bool) -> ProbeError {
+    if first.starts_with(b"HTTP/") {
         return ProbeError::transport("backend answered HTTP/1.x, not HTTP/2");
     }
     // A TLS record (handshake or alert, version 3.x): a TLS port asked without TLS.
-    if let [0x15 | 0x16, 0x03, ..] = first.bytes.as_slice() {
+    if let [0x15 | 0x16, 0x03, ..] = first {
         return ProbeError::transport("backend answered TLS: ask with ssl on the request line");
     }
     let io = error.and_then(h2::Error::get_io);
@@ -178,7 +174,7 @@ pub fn before_settings(
                 | io::ErrorKind::ConnectionReset
         ),
     };
-    if closed && first.bytes.is_empty() {
+    if closed && first.is_empty() {
         return if client_auth {
             ProbeError::Tls(
                 "the backend closed the connection right after the handshake: it refused our client certificate or wants another".to_string(),
@@ -319,20 +315,18 @@ mod tests {
 
     #[test]
     fn http1_answers_and_silent_closes_are_named() {
-        let http1 = FirstBytes {
-            bytes: b"HTTP/1.1 400 Bad".to_vec(),
-        };
+        let http1 = b"HTTP/1.1 400 Bad";
         assert_eq!(
-            before_settings(None, &http1, false).to_string(),
+            before_settings(None, http1, false).to_string(),
             "transport: backend answered HTTP/1.x, not HTTP/2"
         );
-        let none = FirstBytes::default();
+        let none: &[u8] = &[];
         assert_eq!(
-            before_settings(None, &none, false).to_string(),
+            before_settings(None, none, false).to_string(),
             "transport: connection closed by backend before http/2 settings"
         );
         assert!(
-            before_settings(None, &none, true)
+            before_settings(None, none, true)
                 .to_string()
                 .starts_with("tls: the backend closed the connection right after the handshake")
         );

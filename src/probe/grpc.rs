@@ -4,118 +4,20 @@
 //! the connections' life in [`super::endpoint`].
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::{HeaderName, HeaderValue};
-use rustls::client::danger::ServerCertVerifier;
-use rustls::pki_types::ServerName;
 
+use super::call;
+use super::config::{ProbeConfig, ProbeSetupError, Timeouts};
 use super::connect::ConnectTo;
 use super::endpoint::{Endpoint, LivenessCheck, Tls};
 use super::request::{Method, Prepared};
+use super::tls::{client_tls, server_name};
 use super::{BoxFuture, Outcome, Probe, ProbeError, TargetProber, WatchStream};
-use super::{call, insecure};
 use crate::allowlist::{Admission, Allowlist};
 use crate::protocol::Target;
-
-/// How checks reach backends.
-#[derive(Clone, Debug)]
-pub struct ProbeConfig {
-    /// Bounds name resolution, TCP connect and the TLS handshake, each.
-    pub connect_timeout: Duration,
-    /// Bounds one `Check` call once connected; sent to the server as `grpc-timeout`.
-    pub rpc_timeout: Duration,
-    pub user_agent: String,
-    /// Extra metadata headers sent with every Check.
-    pub metadata: Vec<(String, String)>,
-    /// Which backends may be probed; checked before registering, before every probe and
-    /// on every resolved address.
-    pub allowlist: Arc<Allowlist>,
-    /// Keep the endpoint's connections between checks (false: a fresh one per check).
-    /// Named after the setting `grpc_channel_cache`, which users know by that name.
-    pub channel_cache: bool,
-    /// The most HTTP/2 connections to one endpoint (more are opened only when the
-    /// backend's stream limit is reached on every one).
-    pub max_connections: usize,
-    /// A connection that carries streams and was silent this long is PINGed
-    /// (`liveness_interval`: how often a watched backend is confirmed alive).
-    pub keepalive: Duration,
-    pub tls: TlsSettings,
-}
-
-/// How TLS backends are verified, and how the agent identifies itself to them.
-#[derive(Clone, Debug, Default)]
-pub struct TlsSettings {
-    /// PEM bundle trusted in addition to the system roots.
-    pub ca_file: Option<PathBuf>,
-    /// PEM client certificate and key, for backends that require mTLS.
-    pub cert_file: Option<PathBuf>,
-    pub key_file: Option<PathBuf>,
-    /// Accept any certificate for any name. For testing only; logged loudly at start-up.
-    pub insecure_skip_verify: bool,
-}
-
-/// Errors building the prober, reported at start-up.
-#[derive(Debug, thiserror::Error)]
-pub enum ProbeSetupError {
-    #[error("cannot read {path}: {source}; check the path and permissions")]
-    File {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path} holds no {expected}; give a PEM file with one")]
-    Pem {
-        path: PathBuf,
-        expected: &'static str,
-    },
-    #[error("invalid grpc metadata {0:?}: use a lowercase name and a printable ASCII value")]
-    Metadata(String),
-    #[error("invalid tls settings: {0}")]
-    Tls(String),
-    #[error("invalid user agent {0:?}: use printable ASCII")]
-    UserAgent(String),
-}
-
-/// What a PEM file must hold.
-#[derive(Clone, Copy)]
-enum Pem {
-    Certificates,
-    PrivateKey,
-}
-
-/// Reads a PEM file and checks that it holds what it should, so a wrong file is named at
-/// start-up. Errors never quote the contents (a key file's bytes are a secret).
-fn read_pem(path: &PathBuf, expected: Pem) -> Result<Vec<u8>, ProbeSetupError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let bytes = std::fs::read(path).map_err(|source| ProbeSetupError::File {
-        path: path.clone(),
-        source,
-    })?;
-    let (valid, what) = match expected {
-        Pem::Certificates => {
-            let mut certificates = CertificateDer::pem_slice_iter(&bytes);
-            let valid = certificates
-                .try_fold(0usize, |count, certificate| certificate.map(|_| count + 1))
-                .is_ok_and(|count| count > 0);
-            (valid, "certificate")
-        }
-        Pem::PrivateKey => (
-            PrivateKeyDer::from_pem_slice(&bytes).is_ok(),
-            "private key (PKCS#8, PKCS#1 or SEC1)",
-        ),
-    };
-    if !valid {
-        return Err(ProbeSetupError::Pem {
-            path: path.clone(),
-            expected: what,
-        });
-    }
-    Ok(bytes)
-}
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct EndpointKey {
@@ -291,68 +193,6 @@ impl EndpointBuilder {
     }
 }
 
-/// The TLS server name of an authority: its host, without port or brackets.
-fn server_name(authority: &str) -> Result<ServerName<'static>, ProbeError> {
-    let parsed: http::uri::Authority = authority
-        .parse()
-        .map_err(|error: http::uri::InvalidUri| ProbeError::InvalidTarget(error.to_string()))?;
-    let host = parsed.host().trim_start_matches('[').trim_end_matches(']');
-    ServerName::try_from(host.to_string())
-        .map_err(|error| ProbeError::InvalidTarget(format!("tls name {host:?}: {error}")))
-}
-
-/// The rustls client configuration for `ssl` backends: the system roots plus the CA file
-/// (or no verification at all, when asked), the client certificate for mTLS, and ALPN h2.
-fn client_tls(settings: &TlsSettings) -> Result<Arc<rustls::ClientConfig>, ProbeSetupError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|error| ProbeSetupError::Tls(error.to_string()))?;
-    let builder = if settings.insecure_skip_verify {
-        tracing::warn!("tls_insecure_skip_verify is on: backend certificates are NOT verified");
-        let verifier: Arc<dyn ServerCertVerifier> = Arc::new(insecure::AcceptAnyCertificate::new());
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(verifier)
-    } else {
-        let mut roots = rustls::RootCertStore::empty();
-        let native = rustls_native_certs::load_native_certs();
-        let (added, _) = roots.add_parsable_certificates(native.certs);
-        if let Some(path) = &settings.ca_file {
-            let pem = read_pem(path, Pem::Certificates)?;
-            for certificate in CertificateDer::pem_slice_iter(&pem) {
-                let certificate =
-                    certificate.map_err(|error| ProbeSetupError::Tls(error.to_string()))?;
-                roots.add(certificate).map_err(|error| {
-                    ProbeSetupError::Tls(format!("{}: {error}", path.display()))
-                })?;
-            }
-        } else if added == 0 {
-            tracing::warn!(
-                "no usable system tls roots and no tls_ca_file: ssl backends will fail verification"
-            );
-        }
-        builder.with_root_certificates(roots)
-    };
-    let mut config = match (&settings.cert_file, &settings.key_file) {
-        (Some(cert), Some(key)) => {
-            let certs = CertificateDer::pem_slice_iter(&read_pem(cert, Pem::Certificates)?)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|error| ProbeSetupError::Tls(error.to_string()))?;
-            let key = PrivateKeyDer::from_pem_slice(&read_pem(key, Pem::PrivateKey)?)
-                .map_err(|error| ProbeSetupError::Tls(error.to_string()))?;
-            builder
-                .with_client_auth_cert(certs, key)
-                .map_err(|error| ProbeSetupError::Tls(error.to_string()))?
-        }
-        _ => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
-}
-
 impl Probe for GrpcProbe {
     fn reconfigure(&self, config: &ProbeConfig) {
         self.timeouts.store(Arc::new(Timeouts::of(config)));
@@ -417,25 +257,6 @@ enum Endpoints {
         builder: Box<EndpointBuilder>,
         key: EndpointKey,
     },
-}
-
-/// The probe's timeouts, swapped together on reload.
-#[derive(Clone, Copy, Debug)]
-pub struct Timeouts {
-    pub connect: Duration,
-    pub rpc: Duration,
-    /// PING a connection with streams after this much silence.
-    pub keepalive: Duration,
-}
-
-impl Timeouts {
-    fn of(config: &ProbeConfig) -> Timeouts {
-        Timeouts {
-            connect: config.connect_timeout,
-            rpc: config.rpc_timeout,
-            keepalive: config.keepalive,
-        }
-    }
 }
 
 impl TargetProber for GrpcTarget {

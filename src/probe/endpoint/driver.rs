@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use super::conn::{Conn, Control, Signal, Slot};
 use super::io::Io;
 use super::{LivenessCheck, Use};
-use crate::probe::grpc::Timeouts;
+use crate::probe::config::Timeouts;
 use crate::probe::{BoxFuture, ProbeError, errors};
 
 /// A connection with Watch streams gets a liveness Check every this many keep-alive

@@ -43,8 +43,8 @@ use bytes::Bytes;
 use rustls::pki_types::ServerName;
 use tokio::time::Instant;
 
+use super::config::Timeouts;
 use super::connect::{ConnectFailure, ConnectTo};
-use super::grpc::Timeouts;
 use super::{BoxFuture, ProbeError, errors};
 use conn::{Conn, Control, Freed};
 use driver::{Liveness, drive};
@@ -53,11 +53,7 @@ use io::{Io, Sniffed};
 pub use conn::Slot;
 pub use io::FirstBytes;
 
-/// The largest frame the agent accepts: the protocol's default, never raised.
-pub const MAX_FRAME_SIZE: u32 = 16_384;
-/// The largest decoded header list the agent accepts; a health answer needs a few hundred
-/// bytes. h2 closes a connection whose header blocks decode to far more.
-pub const MAX_HEADER_LIST: u32 = 16 * 1024;
+pub use super::config::{MAX_FRAME_SIZE, MAX_HEADER_LIST};
 /// A stream's receive window: room for the largest health message and its framing.
 pub const STREAM_WINDOW: u32 = 32 * 1024;
 /// The connection's receive window, shared by its streams.
@@ -343,7 +339,7 @@ impl Endpoint {
                 .clone();
             return Err(errors::before_settings(
                 error.as_ref(),
-                &first,
+                &first.bytes,
                 self.tls.as_ref().is_some_and(|tls| tls.client_auth),
             ));
         }
