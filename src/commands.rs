@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::config::key;
 use crate::config::spec::{SETTINGS, Spec};
 use crate::config::{Loaded, Settings, Source};
 use crate::probe::{GrpcProbe, Outcome, Probe, ProbeError, ServingStatus};
@@ -134,7 +135,7 @@ pub fn describe(loaded: &Loaded) -> String {
     let mut out = String::new();
     for spec in SETTINGS {
         let (line, comment) = match loaded.resolved.get(spec.key) {
-            Some(value) if spec.key == "miss_timeout" && value.source == Source::Default => {
+            Some(value) if spec.key == key::MISS_TIMEOUT && value.source == Source::Default => {
                 // The default shrinks to what a first probe can take at most.
                 let effective = format!("{}ms", loaded.settings.oracle.miss_timeout.as_millis());
                 (
@@ -142,7 +143,9 @@ pub fn describe(loaded: &Loaded) -> String {
                     "default: at most grpc_connect_timeout + grpc_rpc_timeout".to_string(),
                 )
             }
-            Some(value) if spec.key == "liveness_interval" && value.source == Source::Default => {
+            Some(value)
+                if spec.key == key::LIVENESS_INTERVAL && value.source == Source::Default =>
+            {
                 // The default grows to the check interval.
                 let millis = loaded.settings.oracle.poller.liveness_interval.as_millis();
                 let effective = if millis.is_multiple_of(1000) {
@@ -194,7 +197,7 @@ fn toml_value(spec: &Spec, text: &str) -> String {
             .filter(|pair| !pair.is_empty())
             .map(|pair| {
                 let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-                let value = if spec.key == "grpc_metadata" {
+                let value = if spec.key == key::GRPC_METADATA {
                     "<redacted>"
                 } else {
                     value
@@ -221,14 +224,14 @@ fn toml_key(name: &str) -> String {
 }
 
 /// The value the agent uses for a setting no layer set, and how it was derived.
-fn derived(loaded: &Loaded, key: &str) -> Option<(String, String)> {
+fn derived(loaded: &Loaded, setting: &str) -> Option<(String, String)> {
     let settings = &loaded.settings;
-    match key {
-        "stale_after" => Some((
+    match setting {
+        key::STALE_AFTER => Some((
             format!("{}ms", settings.oracle.stale_after.as_millis()),
             "unset: 3 check intervals plus both gRPC timeouts".to_string(),
         )),
-        "user_agent" => Some((
+        key::USER_AGENT => Some((
             settings.probe.user_agent.clone(),
             "unset: the built-in user agent".to_string(),
         )),
