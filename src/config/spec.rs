@@ -1,6 +1,9 @@
 //! The one table of settings. Every layer derives its names from it: the TOML key is
 //! `key`, the flag is `--` + key with dashes, the environment variable is
 //! `HAPROXY_AGENT_` + key in capitals.
+//!
+//! The file is longer than most because it is one table, one entry per setting; split,
+//! it would stop being the one place a setting is defined.
 
 use super::key;
 
