@@ -24,6 +24,7 @@ pub mod probe;
 pub mod protocol;
 pub mod responder;
 pub mod shutdown;
+pub mod weight;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,9 +1,11 @@
 //! The agent-check line codec: request bytes → [`Target`], [`Reply`] → reply bytes. Pure, no I/O.
 //!
-//! A request is `<host> <port> <ssl|no-ssl> <authority> [<service>]`, words separated by
-//! spaces or tabs; the line terminator has already been removed by the reader (a trailing
-//! `\r` is tolerated here). A reply is `up` or `down`, optionally followed by ` #<reason>`,
-//! and a newline.
+//! A request is `<host> <port> <ssl|no-ssl> <authority> [<service>] [weight=orca|none]`,
+//! words separated by spaces or tabs; the line terminator has already been removed by the
+//! reader (a trailing `\r` is tolerated here). A word holding `=` is an option, never a
+//! service (gRPC service names have none), so today's 4- and 5-word lines mean what they
+//! meant. A reply is a verdict (`up`, `down`, `drain`, `maint`), maybe `ready` and a weight
+//! (`NN%`), optionally followed by ` #<reason>`, and a newline.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -35,6 +37,31 @@ pub struct Target {
     pub authority: String,
     /// The gRPC service name to check; empty means the whole server.
     pub service: String,
+    /// Whether the reply carries a weight from the backend's load reports.
+    pub weight: WeightWord,
+}
+
+/// The request line's `weight=` option.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum WeightWord {
+    /// No option: the `orca_weights` setting decides.
+    #[default]
+    Unset,
+    /// `weight=orca`: a weight from the backend's ORCA load reports.
+    Orca,
+    /// `weight=none`: no weight, whatever the setting says.
+    None,
+}
+
+impl WeightWord {
+    /// The option as written on a request line; `None` when unset.
+    pub fn as_option(self) -> Option<&'static str> {
+        match self {
+            WeightWord::Unset => None,
+            WeightWord::Orca => Some("weight=orca"),
+            WeightWord::None => Some("weight=none"),
+        }
+    }
 }
 
 impl Target {
@@ -50,6 +77,10 @@ impl Target {
         if !self.service.is_empty() {
             line.push(' ');
             line.push_str(&self.service);
+        }
+        if let Some(option) = self.weight.as_option() {
+            line.push(' ');
+            line.push_str(option);
         }
         line
     }
@@ -72,6 +103,10 @@ pub enum BadRequest {
     ControlCharacter,
     #[error("expected 4 or 5 words (host port ssl|no-ssl authority [service]), got {0}")]
     WordCount(usize),
+    #[error("unknown option \"{0}\"; the one option is weight=orca or weight=none")]
+    UnknownOption(String),
+    #[error("option \"{0}\" given twice")]
+    RepeatedOption(String),
     #[error("invalid host \"{0}\"")]
     Host(String),
     #[error("port \"{0}\" is not a number")]
@@ -101,10 +136,11 @@ pub fn parse_request(line: &[u8]) -> Result<Target, BadRequest> {
             BadRequest::WordCount(words.len())
         });
     };
-    let service = match rest {
+    let (options, plain): (Vec<&str>, Vec<&str>) = rest.iter().partition(|w| w.contains('='));
+    let service = match plain.as_slice() {
         [] => "",
         [service] => service,
-        _ => return Err(BadRequest::WordCount(words.len())),
+        _ => return Err(BadRequest::WordCount(4 + plain.len())),
     };
     if service.len() > MAX_SERVICE_LEN {
         return Err(BadRequest::ServiceTooLong);
@@ -115,7 +151,25 @@ pub fn parse_request(line: &[u8]) -> Result<Target, BadRequest> {
         tls: parse_tls(tls)?,
         authority: parse_authority(authority)?,
         service: service.to_string(),
+        weight: parse_options(&options)?,
     })
+}
+
+/// The options after the authority and service (words holding `=`), in any order, each
+/// at most once.
+fn parse_options(options: &[&str]) -> Result<WeightWord, BadRequest> {
+    let mut weight = None;
+    for option in options {
+        let parsed = match *option {
+            "weight=orca" => WeightWord::Orca,
+            "weight=none" => WeightWord::None,
+            _ => return Err(BadRequest::UnknownOption(quote(option))),
+        };
+        if weight.replace(parsed).is_some() {
+            return Err(BadRequest::RepeatedOption(quote(option)));
+        }
+    }
+    Ok(weight.unwrap_or_default())
 }
 
 fn quote(word: &str) -> String {
@@ -243,12 +297,14 @@ impl Verdict {
     }
 }
 
-/// One reply line: a verdict and the reason HAProxy shows in `last_agt`.
+/// One reply line: a verdict, maybe a weight, and the reason HAProxy shows in `last_agt`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reply {
     pub verdict: Verdict,
     /// Adds HAProxy's `ready` word, which lifts a `drain` or `maint` the agent set before.
     pub ready: bool,
+    /// `NN%`: the server's weight as a share of the weight its configuration gives it.
+    pub weight: Option<u16>,
     pub reason: String,
 }
 
@@ -257,6 +313,7 @@ impl Reply {
         Reply {
             verdict,
             ready: false,
+            weight: None,
             reason: reason.into(),
         }
     }
@@ -291,6 +348,9 @@ impl Reply {
         out.extend_from_slice(self.verdict.as_str().as_bytes());
         if self.ready {
             out.extend_from_slice(b" ready");
+        }
+        if let Some(percent) = self.weight {
+            out.extend_from_slice(format!(" {percent}%").as_bytes());
         }
         let reason = without_urls(&self.reason);
         if !reason.is_empty() {

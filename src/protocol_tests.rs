@@ -58,6 +58,19 @@ fn accepted_forms() {
             "h 50051 no-ssl api grpc.health.v1.Health",
             "h 50051 no-ssl api grpc.health.v1.Health",
         ),
+        // The weight option, with or without a service, in either place after the authority.
+        (
+            "h 50051 no-ssl api weight=orca",
+            "h 50051 no-ssl api weight=orca",
+        ),
+        (
+            "h 50051 no-ssl api my.pkg.Service weight=orca",
+            "h 50051 no-ssl api my.pkg.Service weight=orca",
+        ),
+        (
+            "h 50051 no-ssl api weight=none my.pkg.Service",
+            "h 50051 no-ssl api my.pkg.Service weight=none",
+        ),
     ];
     for (line, expected) in table {
         check(line, expected);
@@ -84,6 +97,18 @@ fn rejected_forms() {
         (
             "h 1 ssl a s extra",
             "down #bad request: expected 4 or 5 words (host port ssl|no-ssl authority [service]), got 6",
+        ),
+        (
+            "h 1 ssl a s weight=heavy",
+            "down #bad request: unknown option \"weight=heavy\"; the one option is weight=orca or weight=none",
+        ),
+        (
+            "h 1 ssl a a=b",
+            "down #bad request: unknown option \"a=b\"; the one option is weight=orca or weight=none",
+        ),
+        (
+            "h 1 ssl a weight=orca weight=none",
+            "down #bad request: option \"weight=none\" given twice",
         ),
         (
             "h 0 ssl a",
@@ -210,6 +235,15 @@ fn non_utf8_is_a_bad_request() {
         Reply::bad_request(&error).to_line(),
         "down #bad request: not UTF-8\n"
     );
+}
+
+#[test]
+fn a_weight_goes_after_the_verdict_and_ready() {
+    let mut reply = Reply::up("SERVING 0.4ms cpu 0.82");
+    reply.weight = Some(35);
+    assert_eq!(reply.to_line(), "up 35% #SERVING 0.4ms cpu 0.82\n");
+    reply.ready = true;
+    assert_eq!(reply.to_line(), "up ready 35% #SERVING 0.4ms cpu 0.82\n");
 }
 
 #[test]
@@ -435,16 +469,29 @@ mod properties {
             (name, 1..=u16::MAX).prop_map(|(name, port)| format!("{name}:{port}")),
             any::<u128>().prop_map(|ip| format!("[{}]:443", std::net::Ipv6Addr::from(ip))),
         ];
-        let service = "[!-~&&[^#]]{0,40}";
-        (host, 1..=u16::MAX, any::<bool>(), authority, service).prop_map(
-            |(host, port, tls, authority, service)| Target {
+        // No `=` in a service: that makes a word an option.
+        let service = "[!-~&&[^#=]]{0,40}";
+        let weight = prop_oneof![
+            Just(WeightWord::Unset),
+            Just(WeightWord::Orca),
+            Just(WeightWord::None),
+        ];
+        (
+            host,
+            1..=u16::MAX,
+            any::<bool>(),
+            authority,
+            service,
+            weight,
+        )
+            .prop_map(|(host, port, tls, authority, service, weight)| Target {
                 host,
                 port,
                 tls,
                 authority,
                 service,
-            },
-        )
+                weight,
+            })
     }
 
     proptest! {
@@ -499,7 +546,7 @@ mod properties {
         #[test]
         fn every_reply_is_one_printable_line(reason in any::<String>(), ready in any::<bool>()) {
             for verdict in [Verdict::Up, Verdict::Down, Verdict::Drain, Verdict::Maint] {
-                let line = Reply { verdict, ready, reason: reason.clone() }.to_line();
+                let line = Reply { verdict, ready, weight: None, reason: reason.clone() }.to_line();
                 prop_assert!(line.ends_with('\n'));
                 prop_assert_eq!(line.matches('\n').count(), 1);
                 prop_assert!(line.bytes().all(|b| b == b'\n' || (0x20..0x7f).contains(&b)));
