@@ -23,7 +23,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 pub use code::Code;
-pub use config::{ProbeConfig, ProbeSetupError, TlsSettings};
+pub use config::{LoadConfig, ProbeConfig, ProbeSetupError, TlsSettings};
 pub use grpc::GrpcProbe;
 
 use crate::protocol::Target;

@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use super::layers::{Resolved, Source};
 use super::read::{AdminValues, OracleValues, ProbeValues, Values};
-use super::read::{AgentValues, ConnectionValues, LogRotationValues, LogValues};
+use super::read::{AgentValues, ConnectionValues, LoadValues, LogRotationValues, LogValues};
 use super::{LogSettings, SettingError, Settings};
 use crate::admin::AdminConfig;
 use crate::oracle::{OracleConfig, PollerConfig, ReplyPolicy};
-use crate::probe::{ProbeConfig, TlsSettings};
+use crate::probe::{LoadConfig, ProbeConfig, TlsSettings};
 use crate::responder::ResponderConfig;
+use crate::weight::WeightConfig;
 
 /// The settings built from `resolved`, or every problem with them.
 pub(super) fn check(resolved: &Resolved) -> Result<Settings, Vec<SettingError>> {
@@ -93,13 +94,14 @@ fn assemble(values: Values) -> Option<Settings> {
         log,
         connections,
         log_rotation,
+        load,
     } = values;
     let probe_budget = probe.budget()?;
     Some(Settings {
         agent_addr: SocketAddr::new(agent.bind?, agent.port?),
         metrics_addr: SocketAddr::new(admin.bind?, admin.port?),
         responder: responder_config(agent, oracle.miss_timeout?)?,
-        probe: probe_config(probe, connections, oracle.liveness_interval?)?,
+        probe: probe_config(probe, connections, load, oracle.liveness_interval?)?,
         oracle: oracle_config(oracle, probe_budget)?,
         admin: admin_config(admin)?,
         logging: log_settings(log, log_rotation)?,
@@ -123,6 +125,7 @@ fn responder_config(agent: AgentValues, miss_timeout: Duration) -> Option<Respon
 fn probe_config(
     probe: ProbeValues,
     connections: ConnectionValues,
+    load: LoadValues,
     keepalive: Duration,
 ) -> Option<ProbeConfig> {
     let default_user_agent = || format!("haproxy-grpc-agent/{}", env!("CARGO_PKG_VERSION"));
@@ -135,11 +138,27 @@ fn probe_config(
         channel_cache: connections.channel_cache?,
         max_connections: connections.max_connections?,
         keepalive,
+        load: load_config(load)?,
         tls: TlsSettings {
             ca_file: probe.ca_file,
             cert_file: probe.cert_file,
             key_file: probe.key_file,
             insecure_skip_verify: probe.insecure_skip_verify?,
+        },
+    })
+}
+
+fn load_config(load: LoadValues) -> Option<LoadConfig> {
+    Some(LoadConfig {
+        by_default: load.weights?,
+        report_interval: load.report_interval?,
+        weight: WeightConfig {
+            error_penalty: load.error_penalty?,
+            smoothing: load.smoothing?,
+            max_step: load.max_step? as u16,
+            floor: load.min_weight? as u16,
+            blackout: load.blackout?,
+            expiry: load.expiry?,
         },
     })
 }

@@ -41,6 +41,16 @@ pub const STALE_AFTER: &str = "stale_after";
 pub const ALLOW_BACKENDS: &str = "allow_backends";
 pub const MAX_PROBES_IN_FLIGHT: &str = "max_probes_in_flight";
 
+// Load-aware weights.
+pub const ORCA_WEIGHTS: &str = "orca_weights";
+pub const ORCA_REPORT_INTERVAL: &str = "orca_report_interval";
+pub const ORCA_ERROR_PENALTY: &str = "orca_error_penalty";
+pub const ORCA_SMOOTHING: &str = "orca_smoothing";
+pub const ORCA_MAX_STEP: &str = "orca_max_step";
+pub const ORCA_MIN_WEIGHT: &str = "orca_min_weight";
+pub const ORCA_BLACKOUT: &str = "orca_blackout";
+pub const ORCA_EXPIRY: &str = "orca_expiry";
+
 // Replies.
 pub const NOT_SERVING_REPLY: &str = "not_serving_reply";
 pub const UNIMPLEMENTED_REPLY: &str = "unimplemented_reply";

@@ -79,6 +79,13 @@ pub(super) fn parse_count(text: &str, min: usize, max: usize) -> Result<usize, S
     Ok(value)
 }
 
+pub(super) fn parse_non_negative_number(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(value) if value.is_finite() && value >= 0.0 => Ok(value),
+        _ => Err("not a number of 0 or more; use for example 1.0".to_string()),
+    }
+}
+
 pub(super) fn parse_bool(text: &str) -> Result<bool, String> {
     match text {
         "true" | "yes" | "on" | "1" => Ok(true),

@@ -11,8 +11,8 @@ use super::build::Checker;
 use super::key;
 use super::parse::{
     parse_bool, parse_choice, parse_count, parse_duration_at_least, parse_file, parse_ip,
-    parse_level, parse_log_modules, parse_metadata, parse_path, parse_port,
-    parse_positive_duration, parse_token, parse_user_agent, parse_verdict,
+    parse_level, parse_log_modules, parse_metadata, parse_non_negative_number, parse_path,
+    parse_port, parse_positive_duration, parse_token, parse_user_agent, parse_verdict,
 };
 use super::{LogFormat, LogRotation};
 use crate::allowlist::{Allowlist, Sources};
@@ -28,6 +28,19 @@ pub(super) struct Values {
     pub(super) log: LogValues,
     pub(super) connections: ConnectionValues,
     pub(super) log_rotation: LogRotationValues,
+    pub(super) load: LoadValues,
+}
+
+/// Load-aware weights: which targets get one, and how reports become it.
+pub(super) struct LoadValues {
+    pub(super) weights: Option<bool>,
+    pub(super) report_interval: Option<Duration>,
+    pub(super) error_penalty: Option<f64>,
+    pub(super) smoothing: Option<Duration>,
+    pub(super) max_step: Option<usize>,
+    pub(super) min_weight: Option<usize>,
+    pub(super) blackout: Option<Duration>,
+    pub(super) expiry: Option<Duration>,
 }
 
 /// The agent listener.
@@ -131,6 +144,7 @@ impl Checker<'_> {
         let log = self.read_log();
         let connections = self.read_connections();
         let log_rotation = self.read_log_rotation();
+        let load = self.read_load();
         Values {
             agent,
             probe,
@@ -139,6 +153,7 @@ impl Checker<'_> {
             log,
             connections,
             log_rotation,
+            load,
         }
     }
 
@@ -170,6 +185,22 @@ impl Checker<'_> {
             cert_file: self.get(key::TLS_CERT_FILE, parse_file),
             key_file: self.get(key::TLS_KEY_FILE, parse_file),
             insecure_skip_verify: self.get(key::TLS_INSECURE_SKIP_VERIFY, parse_bool),
+        }
+    }
+
+    fn read_load(&mut self) -> LoadValues {
+        let any_duration = |t: &str| parse_duration_at_least(t, Duration::ZERO);
+        LoadValues {
+            weights: self.get(key::ORCA_WEIGHTS, parse_bool),
+            report_interval: self.get(key::ORCA_REPORT_INTERVAL, |t| {
+                parse_duration_at_least(t, Duration::from_millis(100))
+            }),
+            error_penalty: self.get(key::ORCA_ERROR_PENALTY, parse_non_negative_number),
+            smoothing: self.get(key::ORCA_SMOOTHING, any_duration),
+            max_step: self.get(key::ORCA_MAX_STEP, |t| parse_count(t, 1, 100)),
+            min_weight: self.get(key::ORCA_MIN_WEIGHT, |t| parse_count(t, 1, 100)),
+            blackout: self.get(key::ORCA_BLACKOUT, any_duration),
+            expiry: self.get(key::ORCA_EXPIRY, parse_positive_duration),
         }
     }
 

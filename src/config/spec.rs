@@ -349,6 +349,63 @@ pub const SETTINGS: &[Spec] = &[
         Live,
         "what a server without the health service (UNIMPLEMENTED) is answered",
     ),
+    // Load-aware weights.
+    spec(
+        key::ORCA_WEIGHTS,
+        Some("false"),
+        "bool",
+        Restart,
+        "answer a weight (NN%) from each backend's ORCA load reports, for targets whose request line has no weight= option (weight=orca turns it on for one target, weight=none off)",
+    ),
+    spec(
+        key::ORCA_REPORT_INTERVAL,
+        Some("10s"),
+        "duration",
+        Restart,
+        "how often backends are asked to send an ORCA load report (one stream per backend endpoint)",
+    ),
+    spec(
+        key::ORCA_ERROR_PENALTY,
+        Some("1.0"),
+        "number",
+        Restart,
+        "how much errors count as load: the utilization used is utilization + penalty x eps / rps (gRFC A58's error_utilization_penalty)",
+    ),
+    spec(
+        key::ORCA_SMOOTHING,
+        Some("10s"),
+        "duration",
+        Restart,
+        "the time constant of the exponential average of a backend's utilization (0s: no smoothing)",
+    ),
+    spec(
+        key::ORCA_MAX_STEP,
+        Some("20"),
+        "count",
+        Restart,
+        "the most a weight moves on one report, in percentage points",
+    ),
+    spec(
+        key::ORCA_MIN_WEIGHT,
+        Some("10"),
+        "count",
+        Restart,
+        "the lowest weight answered while up, in percent (0% stays drain's word)",
+    ),
+    spec(
+        key::ORCA_BLACKOUT,
+        Some("10s"),
+        "duration",
+        Restart,
+        "after a load-report stream (re)opens, reports must have come this long before the weight moves from 100%",
+    ),
+    spec(
+        key::ORCA_EXPIRY,
+        Some("3m"),
+        "duration",
+        Restart,
+        "a weight whose last report is older than this is 100% again",
+    ),
     // Admin and metrics listener.
     aliased(
         spec(

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::allowlist::Allowlist;
+use crate::weight::WeightConfig;
 
 /// The largest frame the agent accepts: the protocol's default, never raised.
 pub const MAX_FRAME_SIZE: u32 = 16_384;
@@ -36,6 +37,8 @@ pub struct ProbeConfig {
     /// A connection that carries streams and was silent this long is PINGed
     /// (`liveness_interval`: how often a watched backend is confirmed alive).
     pub keepalive: Duration,
+    /// Load-aware weights from ORCA reports.
+    pub load: LoadConfig,
     pub tls: TlsSettings,
 }
 
@@ -89,4 +92,15 @@ impl Timeouts {
             keepalive: config.keepalive,
         }
     }
+}
+
+/// Load-aware weights: one ORCA stream per endpoint whose targets want a weight.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LoadConfig {
+    /// Whether a target without a `weight=` option gets a weight (`orca_weights`).
+    pub by_default: bool,
+    /// The report interval asked of backends.
+    pub report_interval: Duration,
+    /// How reports become a weight.
+    pub weight: WeightConfig,
 }
