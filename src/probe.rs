@@ -35,6 +35,34 @@ pub mod pb {
     tonic::include_proto!("grpc.health.v1");
 }
 
+/// The generated ORCA (gRFC A51) messages and `OpenRcaService` server (for the test
+/// backends; as with health, no client is generated). The modules mirror the proto
+/// packages because the service's generated code names the load report by a relative
+/// path (`super::super::super::super::data::orca::v3`); `data` and `service` are the
+/// short names to use.
+pub mod orca_pb {
+    #![allow(clippy::all, missing_docs, unreachable_pub)]
+    pub use xds::data::orca::v3 as data;
+    pub use xds::service::orca::v3 as service;
+
+    pub mod xds {
+        pub mod data {
+            pub mod orca {
+                pub mod v3 {
+                    tonic::include_proto!("xds.data.orca.v3");
+                }
+            }
+        }
+        pub mod service {
+            pub mod orca {
+                pub mod v3 {
+                    tonic::include_proto!("xds.service.orca.v3");
+                }
+            }
+        }
+    }
+}
+
 /// A boxed future, so the seam stays object safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

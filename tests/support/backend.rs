@@ -1,10 +1,12 @@
 //! A gRPC health backend for tests, examples and benchmarks: serves
 //! `grpc.health.v1.Health` on 127.0.0.1 (plaintext or TLS), lets the caller set each
 //! service's status while running, and counts the Check calls and open connections it sees.
+//! Another gRPC service may share its port (see [`Neighbour`]; the ORCA backend does).
 
 #![allow(dead_code)]
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -17,9 +19,13 @@ use haproxy_grpc_agent::probe::pb::{HealthCheckRequest, HealthCheckResponse};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::StreamExt;
+use tonic::body::Body;
+use tonic::codegen::http;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
+use tower::ServiceExt;
+use tower::util::BoxCloneService;
 
 #[allow(unused_imports)]
 pub use haproxy_grpc_agent::probe::pb::health_check_response::ServingStatus as Wire;
@@ -166,6 +172,15 @@ impl HealthBackend {
     }
 
     pub async fn start_with(addr: SocketAddr, tls: Option<ServerTlsConfig>) -> HealthBackend {
+        HealthBackend::start_beside(addr, tls, None).await
+    }
+
+    /// Serves Health and, on the same port, `neighbour` if there is one.
+    pub async fn start_beside(
+        addr: SocketAddr,
+        tls: Option<ServerTlsConfig>,
+        neighbour: Option<Neighbour>,
+    ) -> HealthBackend {
         let listener = TcpListener::bind(addr).await.expect("bind health backend");
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared::default());
@@ -184,7 +199,10 @@ impl HealthBackend {
         if let Some(tls) = tls {
             builder = builder.tls_config(tls).expect("tls config");
         }
-        let service = HealthServer::new(Service(Arc::clone(&shared)));
+        let service = Routed {
+            health: HealthServer::new(Service(Arc::clone(&shared))),
+            neighbour,
+        };
         tokio::spawn(async move {
             let stopped = async {
                 let _ = stopped.await;
@@ -266,6 +284,43 @@ impl HealthBackend {
     /// TCP connections currently open to this backend.
     pub fn open_connections(&self) -> usize {
         self.shared.open_connections.load(Ordering::Relaxed)
+    }
+}
+
+/// Another gRPC service served on the health backend's port: requests whose path starts
+/// with `path_prefix` (for example "/xds.service.orca.v3.OpenRcaService/") go to it, every
+/// other request to Health.
+#[derive(Clone)]
+pub struct Neighbour {
+    pub path_prefix: &'static str,
+    pub service: BoxCloneService<http::Request<Body>, http::Response<Body>, Infallible>,
+}
+
+/// Health and its neighbour, told apart by the request's path. tonic's own router would
+/// do this, but it needs tonic's `router` feature (axum), which this crate does not build.
+#[derive(Clone)]
+struct Routed {
+    health: HealthServer<Service>,
+    neighbour: Option<Neighbour>,
+}
+
+impl tower::Service<http::Request<Body>> for Routed {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Both sides are polled for readiness by `oneshot` when a request reaches them.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        match &self.neighbour {
+            Some(neighbour) if request.uri().path().starts_with(neighbour.path_prefix) => {
+                Box::pin(neighbour.service.clone().oneshot(request))
+            }
+            _ => Box::pin(self.health.clone().oneshot(request)),
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod daemon;
 pub mod http;
+pub mod orca;
 pub mod raw_h2;
 
 use std::future::Future;
