@@ -10,6 +10,7 @@ mod endpoint;
 mod errors;
 mod grpc;
 mod insecure;
+mod load;
 mod request;
 mod tls;
 
@@ -86,6 +87,12 @@ pub trait TargetProber: Send + Sync + 'static {
     /// One health check. Implementations bound it by their connect and RPC timeouts.
     fn check(&self) -> BoxFuture<'_, Outcome>;
 
+    /// The weight the target's backend's load reports give now; `Off` for a target that
+    /// wants none.
+    fn weight(&self, _now: Instant) -> LoadWeight {
+        LoadWeight::Off
+    }
+
     /// Opens a `Health/Watch` stream. A prober without one answers UNIMPLEMENTED, as a
     /// server without Watch does, and its target is polled.
     fn watch(&self) -> BoxFuture<'_, Result<WatchStream, ProbeError>> {
@@ -96,6 +103,19 @@ pub trait TargetProber: Send + Sync + 'static {
             })
         })
     }
+}
+
+/// What a target's load reports say about its weight.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum LoadWeight {
+    /// The target wants no weight.
+    Off,
+    /// The backend sends no load reports (it answered UNIMPLEMENTED).
+    NoReports,
+    /// No report has come yet.
+    Waiting,
+    /// The weight in percent, and the report it rests on.
+    Percent(u16, crate::weight::LoadReport),
 }
 
 /// What a Watch stream says.

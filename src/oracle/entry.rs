@@ -17,12 +17,14 @@ use super::health::{Health, Observation, Rules};
 use super::poll::Shared;
 use crate::events::{State, Transition};
 use crate::metrics::Metrics;
-use crate::probe::Heard;
+use crate::probe::{Heard, TargetProber};
 use crate::protocol::{Reply, Target};
 use crate::shutdown::Shutdown;
 
 pub struct Entry {
     target: Target,
+    /// Probes the target; also says what its backend's load reports give.
+    prober: Arc<dyn TargetProber>,
     health: ArcSwapOption<Health>,
     /// Woken once, when the first result is published.
     first_result: Notify,
@@ -88,9 +90,10 @@ pub struct Snapshot {
 }
 
 impl Entry {
-    pub(super) fn new(target: Target, stop: Shutdown) -> Entry {
+    pub(super) fn new(target: Target, prober: Arc<dyn TargetProber>, stop: Shutdown) -> Entry {
         Entry {
             target,
+            prober,
             health: ArcSwapOption::empty(),
             first_result: Notify::new(),
             published: Notify::new(),
@@ -107,6 +110,10 @@ impl Entry {
 
     pub fn target(&self) -> &Target {
         &self.target
+    }
+
+    pub(super) fn prober(&self) -> Arc<dyn TargetProber> {
+        Arc::clone(&self.prober)
     }
 
     pub(super) fn health(&self) -> Option<Arc<Health>> {

@@ -7,8 +7,10 @@ use bytes::{Buf, BytesMut};
 use prost::Message;
 
 use super::code::{Code, parse_wire};
+use super::orca_pb::data::OrcaLoadReport;
 use super::pb::HealthCheckResponse;
 use super::{Outcome, ProbeError, ServingStatus};
+use crate::weight::LoadReport;
 
 /// Largest health message accepted (a HealthCheckResponse is a few bytes).
 pub const MAX_MESSAGE: usize = 16 * 1024;
@@ -112,27 +114,61 @@ impl Answer {
     /// The statuses of the Watch messages completed by `bytes` (DATA of a stream whose
     /// headers were fine), in order; each message is bounded by [`MAX_MESSAGE`].
     pub fn watch_data(&mut self, bytes: &[u8]) -> Result<Vec<ServingStatus>, ProbeError> {
-        if self.blocks != 1 {
-            return Err(ProbeError::transport("data outside the stream's body"));
-        }
-        self.message.extend_from_slice(bytes);
         let mut statuses = Vec::new();
-        while self.message.len() >= 5 {
-            let length =
-                u32::from_be_bytes(self.message[1..5].try_into().expect("four bytes")) as usize;
-            if length > MAX_MESSAGE {
-                return Err(ProbeError::transport("health answer too large"));
-            }
-            if self.message.len() < 5 + length {
-                break;
-            }
-            let mut one = self.message.split_to(5 + length);
+        for mut one in self.stream_messages(bytes, "health answer too large")? {
             match decode_message(&mut one) {
                 Outcome::Answered(status) => statuses.push(status),
                 Outcome::Failed(error) => return Err(error),
             }
         }
         Ok(statuses)
+    }
+
+    /// ORCA load reports out of a load-report stream's DATA.
+    pub fn load_reports(&mut self, bytes: &[u8]) -> Result<Vec<LoadReport>, ProbeError> {
+        let mut reports = Vec::new();
+        for mut one in self.stream_messages(bytes, "load report too large")? {
+            let compressed = one.get_u8();
+            one.advance(4);
+            if compressed != 0 {
+                return Err(ProbeError::transport("compressed load report"));
+            }
+            let report = OrcaLoadReport::decode(one.as_ref())
+                .map_err(|error| ProbeError::Transport(format!("invalid load report: {error}")))?;
+            reports.push(LoadReport {
+                cpu_utilization: report.cpu_utilization,
+                application_utilization: report.application_utilization,
+                rps_fractional: report.rps_fractional,
+                eps: report.eps,
+            });
+        }
+        Ok(reports)
+    }
+
+    /// A server stream's DATA: the messages it completes, whole and in order, each with
+    /// its 5-byte prefix; a message over [`MAX_MESSAGE`] ends the stream with `too_large`.
+    pub fn stream_messages(
+        &mut self,
+        bytes: &[u8],
+        too_large: &'static str,
+    ) -> Result<Vec<BytesMut>, ProbeError> {
+        if self.blocks != 1 {
+            return Err(ProbeError::transport("data outside the stream's body"));
+        }
+        self.message.extend_from_slice(bytes);
+        let mut messages = Vec::new();
+        while self.message.len() >= 5 {
+            let length =
+                u32::from_be_bytes(self.message[1..5].try_into().expect("four bytes")) as usize;
+            if length > MAX_MESSAGE {
+                return Err(ProbeError::transport(too_large));
+            }
+            if self.message.len() < 5 + length {
+                break;
+            }
+            messages.push(self.message.split_to(5 + length));
+        }
+        Ok(messages)
     }
 
     /// Why a Watch stream ended (it never ends well: the server closed it).

@@ -5,6 +5,7 @@
 //! (h2 sends RST_STREAM CANCEL when the last handle of an open stream goes).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -15,7 +16,8 @@ use super::answer::Answer;
 use super::endpoint::{Endpoint, Slot, Use};
 use super::errors::{self, End};
 use super::request::Prepared;
-use super::{Outcome, ProbeError, ServingStatus, WatchEvent, WatchSource, WatchStream};
+use super::{Heard, Outcome, ProbeError, ServingStatus, WatchEvent, WatchSource, WatchStream};
+use crate::weight::LoadReport;
 
 /// One Check: a stream slot (connecting if needed), the request, the whole answer.
 pub async fn check(endpoint: &Endpoint, prepared: &Prepared) -> Outcome {
@@ -61,15 +63,37 @@ pub async fn liveness(slot: Slot, prepared: &Prepared, rpc_by: Instant) -> Resul
 /// Opens a Watch stream: a slot that leaves room for Checks, the request, and the
 /// answer's headers (within the RPC timeout). Statuses are then read as they come.
 pub async fn watch(endpoint: &Endpoint, prepared: &Prepared) -> Result<WatchStream, ProbeError> {
+    let call = server_stream(endpoint, prepared, Answer::watch_data).await?;
+    let heard = call.heard();
+    Ok(WatchStream::new(call).heard_through(heard))
+}
+
+/// Opens an ORCA load-report stream, as a Watch is opened (a long-lived stream takes a
+/// slot only where one stays free for Checks).
+pub async fn load_reports(
+    endpoint: &Endpoint,
+    prepared: &Prepared,
+) -> Result<StreamCall<LoadReport>, ProbeError> {
+    server_stream(endpoint, prepared, Answer::load_reports).await
+}
+
+/// A long-lived server stream: its slot, request and answer's headers within one
+/// deadline (connect + RPC timeout), retried once on another connection if the backend
+/// did not process it.
+async fn server_stream<T>(
+    endpoint: &Endpoint,
+    prepared: &Prepared,
+    decode: Decode<T>,
+) -> Result<StreamCall<T>, ProbeError> {
     let timeouts = endpoint.timeouts();
     let deadline = Instant::now() + timeouts.connect + timeouts.rpc;
     let mut avoid = None;
     loop {
         let slot = endpoint.slot(Use::Watch, avoid, deadline).await?;
         let rpc_by = deadline.min(Instant::now() + timeouts.rpc);
-        let opening = open_watch(slot, prepared, rpc_by);
+        let opening = open_stream(slot, prepared, rpc_by, decode);
         match tokio::time::timeout_at(rpc_by, opening).await {
-            Ok(Ok(stream)) => return Ok(stream),
+            Ok(Ok(call)) => return Ok(call),
             Ok(Err((End::Unprocessed(_), conn))) if avoid.is_none() => avoid = Some(conn),
             Ok(Err((end, _))) => return Err(end.error()),
             Err(_) => return Err(ProbeError::RpcTimeout(timeouts.rpc)),
@@ -177,12 +201,14 @@ fn answered(slot: &Slot, answer: Answer) -> Outcome {
     outcome
 }
 
-/// Sends a Watch request and reads its answer's headers.
-async fn open_watch(
+/// Sends a server-stream request (a Watch, load reports) and reads its answer's headers;
+/// the messages are read later, as `decode` makes them out of DATA.
+async fn open_stream<T>(
     slot: Slot,
     prepared: &Prepared,
     rpc_by: Instant,
-) -> Result<WatchStream, (End, u64)> {
+    decode: Decode<T>,
+) -> Result<StreamCall<T>, (End, u64)> {
     let conn = slot.conn_id();
     let (response, request) = send(&slot, prepared, rpc_by).map_err(|end| (end, conn))?;
     let response = response
@@ -203,42 +229,50 @@ async fn open_watch(
     if let Some(error) = answer.head_error() {
         return Err((End::Failed(error), conn));
     }
-    let heard = slot.heard_clock();
-    let call = WatchCall {
+    Ok(StreamCall {
         body,
         answer,
-        statuses: VecDeque::new(),
+        pending: VecDeque::new(),
         ended: false,
         _request: request,
         slot,
-    };
-    Ok(WatchStream::new(call).heard_through(heard))
+        decode,
+    })
 }
 
-/// An open Watch stream, read when the poller asks for its next event. Dropping it drops
-/// the stream's handles, and h2 resets the stream.
-struct WatchCall {
+/// Makes a stream's messages out of its DATA.
+type Decode<T> = fn(&mut Answer, &[u8]) -> Result<Vec<T>, ProbeError>;
+
+/// An open server stream, read when its reader asks for the next message: no task of its
+/// own, and flow control holds a fast backend back. Dropping it drops the stream's
+/// handles, and h2 resets the stream.
+pub struct StreamCall<T> {
     body: h2::RecvStream,
     answer: Answer,
-    /// Statuses read but not yet handed out (bounded by the stream's window).
-    statuses: VecDeque<ServingStatus>,
+    /// Messages read but not yet handed out (bounded by the stream's window).
+    pending: VecDeque<T>,
     ended: bool,
     _request: h2::SendStream<Bytes>,
     slot: Slot,
+    decode: Decode<T>,
 }
 
-impl WatchCall {
-    fn end(&mut self, error: ProbeError) -> Poll<WatchEvent> {
-        self.ended = true;
-        Poll::Ready(WatchEvent::Ended(error))
+impl<T> StreamCall<T> {
+    /// When the backend was last heard on the stream's connection.
+    pub fn heard(&self) -> Arc<Heard> {
+        self.slot.heard_clock()
     }
-}
 
-impl WatchSource for WatchCall {
-    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<WatchEvent> {
+    fn end(&mut self, error: ProbeError) -> Poll<Result<T, ProbeError>> {
+        self.ended = true;
+        Poll::Ready(Err(error))
+    }
+
+    /// The next message, or why the stream ended; after the end, never ready again.
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Result<T, ProbeError>> {
         loop {
-            if let Some(status) = self.statuses.pop_front() {
-                return Poll::Ready(WatchEvent::Status(status));
+            if let Some(message) = self.pending.pop_front() {
+                return Poll::Ready(Ok(message));
             }
             if self.ended {
                 return Poll::Pending;
@@ -247,8 +281,8 @@ impl WatchSource for WatchCall {
                 Some(Ok(chunk)) => {
                     let _ = self.body.flow_control().release_capacity(chunk.len());
                     self.slot.heard();
-                    match self.answer.watch_data(&chunk) {
-                        Ok(statuses) => self.statuses.extend(statuses),
+                    match (self.decode)(&mut self.answer, &chunk) {
+                        Ok(messages) => self.pending.extend(messages),
                         Err(error) => return self.end(error),
                     }
                 }
@@ -275,5 +309,19 @@ impl WatchSource for WatchCall {
                 }
             }
         }
+    }
+
+    /// The next message, or why the stream ended. Cancel safe.
+    pub async fn next(&mut self) -> Result<T, ProbeError> {
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+}
+
+impl WatchSource for StreamCall<ServingStatus> {
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<WatchEvent> {
+        self.poll_next(cx).map(|next| match next {
+            Ok(status) => WatchEvent::Status(status),
+            Err(error) => WatchEvent::Ended(error),
+        })
     }
 }

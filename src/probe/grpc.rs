@@ -13,11 +13,12 @@ use super::call;
 use super::config::{ProbeConfig, ProbeSetupError, Timeouts};
 use super::connect::ConnectTo;
 use super::endpoint::{Endpoint, LivenessCheck, Tls};
+use super::load::{self, Load};
 use super::request::{Method, Prepared};
 use super::tls::{client_tls, server_name};
-use super::{BoxFuture, Outcome, Probe, ProbeError, TargetProber, WatchStream};
+use super::{BoxFuture, LoadWeight, Outcome, Probe, ProbeError, TargetProber, WatchStream};
 use crate::allowlist::{Admission, Allowlist};
-use crate::protocol::Target;
+use crate::protocol::{Target, WeightWord};
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct EndpointKey {
@@ -62,6 +63,8 @@ struct EndpointBuilder {
 /// Weak handles, so an endpoint lives exactly as long as some target's prober holds it.
 struct EndpointPool {
     endpoints: HashMap<EndpointKey, Weak<Endpoint>>,
+    /// The load reports of endpoints whose targets want a weight, as weakly held.
+    loads: HashMap<EndpointKey, Weak<Load>>,
     prune_at: usize,
 }
 
@@ -108,6 +111,7 @@ impl GrpcProbe {
             user_agent,
             endpoints: Mutex::new(EndpointPool {
                 endpoints: HashMap::new(),
+                loads: HashMap::new(),
                 prune_at: 64,
             }),
         })
@@ -130,11 +134,48 @@ impl GrpcProbe {
         // Drop handles of released endpoints now and then, not on every insert.
         if pool.endpoints.len() >= pool.prune_at {
             pool.endpoints.retain(|_, weak| weak.strong_count() > 0);
+            pool.loads.retain(|_, weak| weak.strong_count() > 0);
             pool.prune_at = (pool.endpoints.len() * 2).max(64);
         }
         let endpoint = Arc::new(self.builder.build(&key)?);
         pool.endpoints.insert(key, Arc::downgrade(&endpoint));
         Ok(endpoint)
+    }
+}
+
+impl GrpcProbe {
+    /// Whether the target's replies carry a weight: its `weight=` option, else the
+    /// `orca_weights` setting.
+    fn wants_weight(&self, target: &Target) -> bool {
+        match target.weight {
+            WeightWord::Orca => true,
+            WeightWord::None => false,
+            WeightWord::Unset => self.config.load.by_default,
+        }
+    }
+
+    /// The endpoint's load reports, started by the first target that wants them; `None`
+    /// if its request cannot be made (an invalid authority: the target fails anyway).
+    fn load(&self, target: &Target, endpoint: &Arc<Endpoint>) -> Option<Arc<Load>> {
+        let key = EndpointKey::of(target);
+        let mut pool = self.endpoints.lock().expect("endpoint pool lock poisoned");
+        if let Some(load) = pool.loads.get(&key).and_then(Weak::upgrade) {
+            return Some(load);
+        }
+        let message = load::request_message(self.config.load.report_interval);
+        let prepared = Prepared::with_message(
+            Method::LoadReports,
+            key.tls,
+            &key.authority,
+            &message,
+            &self.user_agent,
+            &self.metadata,
+        )
+        .ok()?;
+        let name = format!("{}:{}", key.host, key.port);
+        let load = load::start(Arc::clone(endpoint), name, prepared, &self.config.load);
+        pool.loads.insert(key, Arc::downgrade(&load));
+        Some(load)
     }
 }
 
@@ -226,7 +267,14 @@ impl Probe for GrpcProbe {
             )
         };
         let (prepared, prepared_watch) = (prepare(Method::Check), prepare(Method::Watch));
+        let load = match &endpoints {
+            Endpoints::Shared(Ok(endpoint)) if self.wants_weight(target) => {
+                self.load(target, endpoint)
+            }
+            _ => None,
+        };
         Arc::new(GrpcTarget {
+            load,
             endpoints,
             prepared,
             prepared_watch,
@@ -239,6 +287,8 @@ impl Probe for GrpcProbe {
 
 struct GrpcTarget {
     endpoints: Endpoints,
+    /// The endpoint's load reports, for a target that wants a weight.
+    load: Option<Arc<Load>>,
     /// The requests, built once for every check and watch of this target.
     prepared: Result<Prepared, ProbeError>,
     prepared_watch: Result<Prepared, ProbeError>,
@@ -260,6 +310,12 @@ enum Endpoints {
 }
 
 impl TargetProber for GrpcTarget {
+    fn weight(&self, now: tokio::time::Instant) -> LoadWeight {
+        self.load
+            .as_ref()
+            .map_or(LoadWeight::Off, |load| load.weight(now))
+    }
+
     fn check(&self) -> BoxFuture<'_, Outcome> {
         Box::pin(async move {
             if self.allowlist.load().admit(&self.host, self.port) == Admission::Denied {

@@ -11,11 +11,13 @@ use prost::Message;
 use super::ProbeError;
 use super::pb::HealthCheckRequest;
 
-/// The two methods of `grpc.health.v1.Health`.
+/// The methods the agent calls: the two of `grpc.health.v1.Health`, and ORCA's
+/// out-of-band load reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
     Check,
     Watch,
+    LoadReports,
 }
 
 impl Method {
@@ -23,6 +25,7 @@ impl Method {
         match self {
             Method::Check => "/grpc.health.v1.Health/Check",
             Method::Watch => "/grpc.health.v1.Health/Watch",
+            Method::LoadReports => "/xds.service.orca.v3.OpenRcaService/StreamCoreMetrics",
         }
     }
 }
@@ -47,6 +50,22 @@ impl Prepared {
         tls: bool,
         authority: &str,
         service: &str,
+        user_agent: &str,
+        metadata: &[(String, String)],
+    ) -> Result<Prepared, ProbeError> {
+        let message = HealthCheckRequest {
+            service: service.to_string(),
+        }
+        .encode_to_vec();
+        Prepared::with_message(method, tls, authority, &message, user_agent, metadata)
+    }
+
+    /// The same for any method, with its request message already encoded.
+    pub fn with_message(
+        method: Method,
+        tls: bool,
+        authority: &str,
+        message: &[u8],
         user_agent: &str,
         metadata: &[(String, String)],
     ) -> Result<Prepared, ProbeError> {
@@ -76,14 +95,10 @@ impl Prepared {
             value.set_sensitive(true);
             headers.insert(name, value);
         }
-        let message = HealthCheckRequest {
-            service: service.to_string(),
-        }
-        .encode_to_vec();
         let mut body = BytesMut::with_capacity(5 + message.len());
         body.put_u8(0);
         body.put_u32(message.len() as u32);
-        body.put_slice(&message);
+        body.put_slice(message);
         Ok(Prepared {
             uri,
             headers,

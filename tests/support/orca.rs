@@ -40,6 +40,8 @@ struct Shared {
     min_interval: Mutex<Duration>,
     /// Answer StreamCoreMetrics with UNIMPLEMENTED, as a server without ORCA does.
     refuse: AtomicBool,
+    /// StreamCoreMetrics calls answered UNIMPLEMENTED.
+    refused: AtomicU64,
     /// Streams opened from now on wait one interval before their first report.
     first_report_late: AtomicBool,
     streams: AtomicU64,
@@ -69,6 +71,7 @@ impl OpenRcaService for Service {
         request: Request<OrcaLoadReportRequest>,
     ) -> Result<Response<ReportStream>, Status> {
         if self.0.refuse.load(Ordering::Relaxed) {
+            self.0.refused.fetch_add(1, Ordering::Relaxed);
             return Err(Status::unimplemented("ORCA is not served by this backend"));
         }
         self.0.streams.fetch_add(1, Ordering::Relaxed);
@@ -194,6 +197,7 @@ impl OrcaBackend {
             report: Mutex::new(OrcaLoadReport::default()),
             min_interval: Mutex::new(DEFAULT_MIN_INTERVAL),
             refuse: AtomicBool::new(false),
+            refused: AtomicU64::new(0),
             first_report_late: AtomicBool::new(false),
             streams: AtomicU64::new(0),
             open_streams: AtomicUsize::new(0),
@@ -279,6 +283,11 @@ impl OrcaBackend {
         let mut ending = self.shared.ending.lock().unwrap();
         ending.cancel();
         *ending = CancellationToken::new();
+    }
+
+    /// StreamCoreMetrics calls answered UNIMPLEMENTED since the start.
+    pub fn refused(&self) -> u64 {
+        self.shared.refused.load(Ordering::Relaxed)
     }
 
     /// StreamCoreMetrics streams opened since the start (refused calls not counted).

@@ -1,0 +1,141 @@
+//! One endpoint's ORCA load reports (gRFC A51, out of band): one stream per endpoint whose
+//! targets want a weight, whatever the number of its services. It is opened on the
+//! endpoint's connections as a Watch is (a slot stays free for Checks), asks for a report
+//! every `orca_report_interval`, is opened again after a backoff when it ends, and keeps
+//! the weight from its reports ([`crate::weight`]). UNIMPLEMENTED means the backend sends
+//! no load reports: its targets' replies carry no weight, and the stream is not asked for
+//! again on that endpoint.
+
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::call;
+use super::endpoint::Endpoint;
+use super::request::Prepared;
+use super::{LoadConfig, LoadWeight};
+use crate::weight::{WeightConfig, Weighting};
+
+/// Shortest and longest wait before a failed load-report stream is opened again.
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// An endpoint's load reports, shared by the probers of the targets that want a weight;
+/// the stream stops when the last of them is gone.
+pub struct Load {
+    state: Mutex<LoadState>,
+    config: WeightConfig,
+    stop: CancellationToken,
+}
+
+#[derive(Default)]
+struct LoadState {
+    weighting: Weighting,
+    /// The backend answered UNIMPLEMENTED: no reports will come.
+    unimplemented: bool,
+}
+
+impl Load {
+    /// What the reports say at `now`.
+    pub fn weight(&self, now: Instant) -> LoadWeight {
+        let state = self.state.lock().expect("load lock poisoned");
+        if state.unimplemented {
+            return LoadWeight::NoReports;
+        }
+        match state.weighting.weight(now, &self.config) {
+            Some((percent, report)) => LoadWeight::Percent(percent, report),
+            None => LoadWeight::Waiting,
+        }
+    }
+
+    fn with_state<R>(&self, change: impl FnOnce(&mut LoadState) -> R) -> R {
+        change(&mut self.state.lock().expect("load lock poisoned"))
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Starts following `endpoint`'s load reports; they stop when the returned `Load` (and
+/// every clone of its `Arc`) is dropped.
+pub fn start(
+    endpoint: Arc<Endpoint>,
+    name: String,
+    prepared: Prepared,
+    config: &LoadConfig,
+) -> Arc<Load> {
+    let load = Arc::new(Load {
+        state: Mutex::new(LoadState::default()),
+        config: config.weight,
+        stop: CancellationToken::new(),
+    });
+    let stop = load.stop.clone();
+    let follower = follow(endpoint, name, prepared, Arc::downgrade(&load));
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = follower => {}
+        }
+    });
+    load
+}
+
+/// Opens the stream, reads its reports, and opens it again after a backoff, until the
+/// backend answers UNIMPLEMENTED or the `Load` is dropped (its task is then cancelled).
+async fn follow(endpoint: Arc<Endpoint>, name: String, prepared: Prepared, load: Weak<Load>) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let ended = match call::load_reports(&endpoint, &prepared).await {
+            Ok(mut stream) => {
+                let Some(opened) = load.upgrade() else { return };
+                opened.with_state(|state| state.weighting.opened());
+                drop(opened);
+                backoff = BACKOFF_MIN;
+                loop {
+                    match stream.next().await {
+                        Ok(report) => {
+                            let Some(reported) = load.upgrade() else {
+                                return;
+                            };
+                            let config = reported.config;
+                            let now = Instant::now();
+                            reported
+                                .with_state(|state| state.weighting.report(report, now, &config));
+                        }
+                        Err(error) => break error,
+                    }
+                }
+            }
+            Err(error) => error,
+        };
+        if ended.is_unimplemented() {
+            if let Some(refused) = load.upgrade() {
+                tracing::info!(endpoint = %name, "backend sends no ORCA load reports (UNIMPLEMENTED); its targets' replies carry no weight");
+                refused.with_state(|state| state.unimplemented = true);
+            }
+            return;
+        }
+        tracing::debug!(endpoint = %name, error = %ended, "load-report stream ended; opening it again after a backoff");
+        let jitter = 0.8 + fastrand::f64() * 0.4;
+        tokio::time::sleep(backoff.mul_f64(jitter)).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// The load-report request: the interval asked for, as a `google.protobuf.Duration`.
+pub fn request_message(report_interval: Duration) -> Vec<u8> {
+    use prost::Message;
+    let request = super::orca_pb::service::OrcaLoadReportRequest {
+        report_interval: Some(prost_types::Duration {
+            seconds: report_interval.as_secs() as i64,
+            nanos: report_interval.subsec_nanos() as i32,
+        }),
+        request_cost_names: Vec::new(),
+    };
+    request.encode_to_vec()
+}

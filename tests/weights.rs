@@ -1,0 +1,119 @@
+//! Load-aware weights end to end, against a backend that serves the health service and
+//! ORCA's out-of-band load reports on one port: the reply carries `NN%` from the reports,
+//! one stream serves every service of an endpoint, a backend without ORCA gets no weight,
+//! and without the option nothing changes.
+
+mod support;
+
+use std::time::Duration;
+
+use support::orca::OrcaBackend;
+use support::*;
+
+const WITHIN: Duration = Duration::from_secs(10);
+
+/// Weights that follow each report at once: no smoothing, no blackout, no step bound.
+async fn direct_agent(extra: &[&str]) -> Agent {
+    let mut flags = vec![
+        "--orca-report-interval",
+        "100ms",
+        "--orca-smoothing",
+        "0s",
+        "--orca-blackout",
+        "0s",
+        "--orca-max-step",
+        "100",
+    ];
+    flags.extend_from_slice(extra);
+    start_agent(&flags).await
+}
+
+fn weighted(port: u16, service: &str) -> String {
+    format!("{} weight=orca", line_for(port, service))
+}
+
+#[tokio::test]
+async fn the_reply_carries_the_weight_the_reports_give() {
+    let backend = OrcaBackend::start().await;
+    backend.set_cpu_utilization(0.5);
+    let agent = direct_agent(&[]).await;
+    let line = weighted(backend.port(), "");
+    let reply = reply_becomes(agent.addr, &line, "up 50% #SERVING", WITHIN).await;
+    assert!(reply.trim_end().ends_with(" cpu 0.50"), "{reply}");
+    backend.set_application_utilization(0.2);
+    let reply = reply_becomes(agent.addr, &line, "up 80% #SERVING", WITHIN).await;
+    assert!(reply.trim_end().ends_with(" app 0.20"), "{reply}");
+    // A hot server keeps the floor (10 % by default): 0 % stays drain's word.
+    backend.set_application_utilization(0.99);
+    reply_becomes(agent.addr, &line, "up 10% #SERVING", WITHIN).await;
+    assert_eq!(backend.last_interval(), Some(Duration::from_millis(100)));
+}
+
+#[tokio::test]
+async fn one_stream_serves_every_service_of_an_endpoint() {
+    let backend = OrcaBackend::start().await;
+    backend
+        .health
+        .set("shop.Cart", support::backend::Wire::Serving);
+    backend.set_cpu_utilization(0.25);
+    let agent = direct_agent(&[]).await;
+    for service in ["", "shop.Cart"] {
+        let line = weighted(backend.port(), service);
+        reply_becomes(agent.addr, &line, "up 75% #SERVING", WITHIN).await;
+    }
+    assert_eq!(backend.streams(), 1, "one load-report stream per endpoint");
+}
+
+#[tokio::test]
+async fn without_the_option_or_the_setting_nothing_changes() {
+    let backend = OrcaBackend::start().await;
+    backend.set_cpu_utilization(0.5);
+    let agent = direct_agent(&[]).await;
+    for line in [
+        line_for(backend.port(), ""),
+        format!("{} weight=none", line_for(backend.port(), "")),
+    ] {
+        let reply = reply_becomes(agent.addr, &line, "up #SERVING", WITHIN).await;
+        assert!(!reply.contains('%') && !reply.contains("cpu"), "{reply}");
+    }
+    assert_eq!(backend.streams(), 0, "no load-report stream was opened");
+    // The setting turns it on for lines without the option.
+    let everyone = direct_agent(&["--orca-weights", "true"]).await;
+    reply_becomes(
+        everyone.addr,
+        &line_for(backend.port(), ""),
+        "up 50% #SERVING",
+        WITHIN,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_backend_without_load_reports_gets_no_weight() {
+    let backend = OrcaBackend::start().await;
+    backend.refuse_orca();
+    let agent = direct_agent(&[]).await;
+    let line = weighted(backend.port(), "");
+    reply_becomes(agent.addr, &line, "up #SERVING", WITHIN).await;
+    eventually(WITHIN, "the agent asked for load reports", || async {
+        backend.refused() >= 1
+    })
+    .await;
+    let reply = ask(agent.addr, &line).await;
+    assert!(
+        reply.starts_with("up #SERVING") && !reply.contains('%'),
+        "{reply}"
+    );
+    // UNIMPLEMENTED is final for the endpoint: the stream is not asked for again.
+    let refused = backend.refused();
+    let later = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < later {
+        assert!(ask(agent.addr, &line).await.starts_with("up #SERVING"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        backend.refused(),
+        refused,
+        "asked again after UNIMPLEMENTED"
+    );
+}
