@@ -37,7 +37,7 @@ use crate::config::{ConfigErrors, Layers, Loaded, ReloadReport, Settings};
 use crate::events::Events;
 use crate::metrics::Metrics;
 use crate::oracle::Oracle;
-use crate::probe::{GrpcProbe, Probe, ProbeSetupError};
+use crate::probe::{GrpcProbe, LoadCounters, Probe, ProbeSetupError};
 use crate::responder::ResponderConfig;
 use crate::shutdown::Shutdown;
 
@@ -149,7 +149,12 @@ impl App {
         let metrics = Metrics::new(&registry)?;
         let events = Events::new(settings.admin.events_buffer);
         let probe = GrpcProbe::new(settings.probe.clone())?
-            .count_connections(metrics.probes.connections_active.clone());
+            .count_connections(metrics.probes.connections_active.clone())
+            .count_load(LoadCounters {
+                streams_active: metrics.load.streams_active.clone(),
+                reports: metrics.load.reports.clone(),
+                weights_reduced: metrics.load.weights_reduced.clone(),
+            });
         let probe: Arc<dyn Probe> = Arc::new(probe);
         let oracle = Oracle::new(
             Arc::clone(&probe),

@@ -31,6 +31,7 @@ pub struct Metrics {
     pub port: PortMetrics,
     pub cache: CacheMetrics,
     pub probes: ProbeMetrics,
+    pub load: LoadMetrics,
     pub events_dropped: IntCounter,
     reloads: LabeledCounter<ReloadResult>,
 }
@@ -89,6 +90,7 @@ impl Metrics {
             port: PortMetrics::new()?,
             cache: CacheMetrics::new()?,
             probes: ProbeMetrics::new()?,
+            load: LoadMetrics::new()?,
             events_dropped: IntCounter::with_opts(opts(
                 "events_dropped_total",
                 "State-change events a slow /events subscriber missed",
@@ -104,6 +106,7 @@ impl Metrics {
         let mut collectors = self.port.collectors();
         collectors.extend(self.cache.collectors());
         collectors.extend(self.probes.collectors());
+        collectors.extend(self.load.collectors());
         collectors.push(Box::new(self.events_dropped.clone()));
         collectors.push(self.reloads.collector());
         collectors
@@ -279,6 +282,42 @@ impl ProbeMetrics {
             Box::new(self.poller_lag.clone()),
             Box::new(self.in_flight.clone()),
             Box::new(self.watch_streams_active.clone()),
+        ]
+    }
+}
+
+/// Load-aware weights: the ORCA streams, their reports, and how many weights are reduced.
+/// Per endpoint, never per target.
+#[derive(Clone)]
+pub struct LoadMetrics {
+    pub streams_active: IntGauge,
+    pub reports: IntCounter,
+    pub weights_reduced: IntGauge,
+}
+
+impl LoadMetrics {
+    fn new() -> Result<LoadMetrics, prometheus::Error> {
+        Ok(LoadMetrics {
+            streams_active: IntGauge::with_opts(opts(
+                "orca_streams_active",
+                "ORCA load-report streams open now (one per backend endpoint whose targets want a weight)",
+            ))?,
+            reports: IntCounter::with_opts(opts(
+                "orca_reports_total",
+                "ORCA load reports received",
+            ))?,
+            weights_reduced: IntGauge::with_opts(opts(
+                "orca_weights_reduced",
+                "Backend endpoints whose weight is below 100 % now",
+            ))?,
+        })
+    }
+
+    fn collectors(&self) -> Vec<Box<dyn Collector>> {
+        vec![
+            Box::new(self.streams_active.clone()),
+            Box::new(self.reports.clone()),
+            Box::new(self.weights_reduced.clone()),
         ]
     }
 }

@@ -26,6 +26,7 @@ use tokio::time::Instant;
 pub use code::Code;
 pub use config::{LoadConfig, ProbeConfig, ProbeSetupError, TlsSettings};
 pub use grpc::GrpcProbe;
+pub use load::LoadCounters;
 
 use crate::protocol::Target;
 
@@ -114,8 +115,12 @@ pub enum LoadWeight {
     NoReports,
     /// No report has come yet.
     Waiting,
-    /// The weight in percent, and the report it rests on.
-    Percent(u16, crate::weight::LoadReport),
+    /// The weight in percent, the report it rests on, and when that report came.
+    Percent {
+        percent: u16,
+        report: crate::weight::LoadReport,
+        at: Instant,
+    },
 }
 
 /// What a Watch stream says.

@@ -183,6 +183,11 @@ impl Weighting {
         self.weight = (i32::from(self.weight) + moved) as u16;
     }
 
+    /// The last report and when it came.
+    pub fn last_report(&self) -> Option<(LoadReport, Instant)> {
+        self.last_report
+    }
+
     /// The weight to answer at `now`, in percent, and the report it rests on; `None` when
     /// no report has come yet (the reply then carries no weight).
     pub fn weight(&self, now: Instant, config: &WeightConfig) -> Option<(u16, LoadReport)> {

@@ -47,6 +47,36 @@ async fn the_reply_carries_the_weight_the_reports_give() {
     backend.set_application_utilization(0.99);
     reply_becomes(agent.addr, &line, "up 10% #SERVING", WITHIN).await;
     assert_eq!(backend.last_interval(), Some(Duration::from_millis(100)));
+
+    // Operators see it: the report, its age and the weight in /backends; metrics per
+    // endpoint, without per-target labels.
+    let view = backend_view(&agent, &line).await;
+    let load = &view["load"];
+    assert_eq!(load["state"], "reporting", "{view}");
+    assert_eq!(load["weight_percent"], 10, "{view}");
+    assert_eq!(load["application_utilization"], 0.99, "{view}");
+    assert!(
+        load["report_age_ms"]
+            .as_u64()
+            .is_some_and(|age| age < 5_000),
+        "{view}"
+    );
+    let metrics = support::http::get(agent.admin, "/metrics").await.body;
+    for expected in [
+        "haproxy_grpc_agent_orca_streams_active 1",
+        "haproxy_grpc_agent_orca_weights_reduced 1",
+    ] {
+        assert!(metrics.contains(expected), "{expected}: {metrics}");
+    }
+    let reports = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("haproxy_grpc_agent_orca_reports_total "))
+        .and_then(|count| count.parse::<u64>().ok());
+    assert!(reports.is_some_and(|count| count >= 3), "{metrics}");
+    let plain = line_for(backend.port(), "");
+    reply_becomes(agent.addr, &plain, "up #SERVING", WITHIN).await;
+    let unweighted = backend_view(&agent, &plain).await;
+    assert!(unweighted["load"].is_null(), "{unweighted}");
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 
 use crate::events::Transition;
-use crate::oracle::Snapshot;
+use crate::oracle::{LoadSnapshot, Snapshot};
 use crate::protocol::Target;
 
 /// A target's id: its agent line in base64url without padding.
@@ -46,6 +46,38 @@ pub struct BackendView {
     /// Null if only registered by an admin action (never asked).
     pub last_asked_unix_ms: Option<u64>,
     pub next_probe_unix_ms: Option<u64>,
+    /// The backend's load reports and the weight they give; null for a target that wants
+    /// no weight.
+    pub load: Option<LoadView>,
+}
+
+/// A weighted target's load reports in `/backends`.
+#[derive(Debug, Serialize)]
+pub struct LoadView {
+    /// `reporting`, `waiting` (no report yet) or `no_reports` (the backend has none).
+    pub state: &'static str,
+    /// The weight answered while up, in percent.
+    pub weight_percent: Option<u16>,
+    pub cpu_utilization: Option<f64>,
+    pub application_utilization: Option<f64>,
+    pub rps_fractional: Option<f64>,
+    pub eps: Option<f64>,
+    pub report_age_ms: Option<u64>,
+}
+
+impl LoadView {
+    fn of(load: &LoadSnapshot) -> LoadView {
+        let report = load.report.as_ref();
+        LoadView {
+            state: load.state,
+            weight_percent: load.weight,
+            cpu_utilization: report.map(|report| report.cpu_utilization),
+            application_utilization: report.map(|report| report.application_utilization),
+            rps_fractional: report.map(|report| report.rps_fractional),
+            eps: report.map(|report| report.eps),
+            report_age_ms: load.report_age.map(|age| age.as_millis() as u64),
+        }
+    }
 }
 
 impl BackendView {
@@ -77,6 +109,7 @@ impl BackendView {
             registered_unix_ms: system_ms(snapshot.registered_at),
             last_asked_unix_ms: snapshot.last_asked_at.map(system_ms),
             next_probe_unix_ms: snapshot.next_probe_at.map(system_ms),
+            load: snapshot.load.as_ref().map(LoadView::of),
         }
     }
 }

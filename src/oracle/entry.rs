@@ -17,9 +17,10 @@ use super::health::{Health, Observation, Rules};
 use super::poll::Shared;
 use crate::events::{State, Transition};
 use crate::metrics::Metrics;
-use crate::probe::{Heard, TargetProber};
+use crate::probe::{Heard, LoadWeight, TargetProber};
 use crate::protocol::{Reply, Target};
 use crate::shutdown::Shutdown;
+use crate::weight::LoadReport;
 
 pub struct Entry {
     target: Target,
@@ -87,6 +88,45 @@ pub struct Snapshot {
     pub last_asked_at: Option<SystemTime>,
     /// The poller's next probe, or a held status's flip; `None` if nothing is planned.
     pub next_probe_at: Option<SystemTime>,
+    /// What the backend's load reports say, for a target that wants a weight.
+    pub load: Option<LoadSnapshot>,
+}
+
+/// A weighted target's load reports as they are now.
+#[derive(Clone, Debug)]
+pub struct LoadSnapshot {
+    /// `reporting`, `waiting` (no report yet) or `no_reports` (the backend has none).
+    pub state: &'static str,
+    /// The weight answered while up, in percent.
+    pub weight: Option<u16>,
+    pub report: Option<LoadReport>,
+    pub report_age: Option<Duration>,
+}
+
+impl LoadSnapshot {
+    fn of(weight: LoadWeight, now: Instant) -> Option<LoadSnapshot> {
+        let (state, weight, report, age) = match weight {
+            LoadWeight::Off => return None,
+            LoadWeight::NoReports => ("no_reports", None, None, None),
+            LoadWeight::Waiting => ("waiting", None, None, None),
+            LoadWeight::Percent {
+                percent,
+                report,
+                at,
+            } => (
+                "reporting",
+                Some(percent),
+                Some(report),
+                Some(now.saturating_duration_since(at)),
+            ),
+        };
+        Some(LoadSnapshot {
+            state,
+            weight,
+            report,
+            report_age: age,
+        })
+    }
 }
 
 impl Entry {
@@ -259,6 +299,7 @@ impl Entry {
             last_asked_at: (times_asked > 0)
                 .then(|| wall(shared.instant_at(self.last_asked_ms.load(Ordering::Relaxed)))),
             next_probe_at: (next_due > 0).then(|| wall(shared.instant_at(next_due))),
+            load: LoadSnapshot::of(self.prober.weight(now), now),
         }
     }
 }

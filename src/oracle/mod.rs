@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 pub use config::{HealthMode, OracleConfig, PollerConfig, ReplyPolicy};
-pub use entry::{Snapshot, Status};
+pub use entry::{LoadSnapshot, Snapshot, Status};
 pub use health::format_latency;
 pub use poll::PROBE_SLOT;
 
@@ -339,7 +339,10 @@ impl Oracle {
 /// from a backend that sends none, the reply carries no weight: HAProxy keeps the one it
 /// has.
 fn with_weight(reply: &mut Reply, weight: LoadWeight) {
-    let LoadWeight::Percent(percent, report) = weight else {
+    let LoadWeight::Percent {
+        percent, report, ..
+    } = weight
+    else {
         return;
     };
     reply.weight = Some(percent);

@@ -13,7 +13,7 @@ use super::call;
 use super::config::{ProbeConfig, ProbeSetupError, Timeouts};
 use super::connect::ConnectTo;
 use super::endpoint::{Endpoint, LivenessCheck, Tls};
-use super::load::{self, Load};
+use super::load::{self, Load, LoadCounters};
 use super::request::{Method, Prepared};
 use super::tls::{client_tls, server_name};
 use super::{BoxFuture, LoadWeight, Outcome, Probe, ProbeError, TargetProber, WatchStream};
@@ -41,6 +41,8 @@ pub struct GrpcProbe {
     metadata: Vec<(String, String)>,
     user_agent: String,
     endpoints: Mutex<EndpointPool>,
+    /// `orca_*` metrics.
+    load_counters: LoadCounters,
 }
 
 /// What it takes to make an endpoint; cheap to clone.
@@ -114,7 +116,14 @@ impl GrpcProbe {
                 loads: HashMap::new(),
                 prune_at: 64,
             }),
+            load_counters: LoadCounters::unregistered(),
         })
+    }
+
+    /// Counts the load-report streams, reports and reduced weights in `counters`.
+    pub fn count_load(mut self, counters: LoadCounters) -> GrpcProbe {
+        self.load_counters = counters;
+        self
     }
 
     /// Counts the HTTP/2 connections this probe opens in `gauge` (the metric
@@ -173,7 +182,13 @@ impl GrpcProbe {
         )
         .ok()?;
         let name = format!("{}:{}", key.host, key.port);
-        let load = load::start(Arc::clone(endpoint), name, prepared, &self.config.load);
+        let load = load::start(
+            Arc::clone(endpoint),
+            name,
+            prepared,
+            &self.config.load,
+            &self.load_counters,
+        );
         pool.loads.insert(key, Arc::downgrade(&load));
         Some(load)
     }

@@ -16,17 +16,45 @@ use super::call;
 use super::endpoint::Endpoint;
 use super::request::Prepared;
 use super::{LoadConfig, LoadWeight};
-use crate::weight::{WeightConfig, Weighting};
+use crate::weight::{LoadReport, WeightConfig, Weighting};
 
 /// Shortest and longest wait before a failed load-report stream is opened again.
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// The metrics the load reports move (handles to registered collectors). Per endpoint,
+/// never per target.
+#[derive(Clone)]
+pub struct LoadCounters {
+    /// `orca_streams_active`.
+    pub streams_active: prometheus::IntGauge,
+    /// `orca_reports_total`.
+    pub reports: prometheus::IntCounter,
+    /// `orca_weights_reduced`: endpoints whose weight after their last report is below
+    /// 100 %.
+    pub weights_reduced: prometheus::IntGauge,
+}
+
+impl LoadCounters {
+    /// Counters no registry exports (one-shot commands, tests).
+    pub fn unregistered() -> LoadCounters {
+        LoadCounters {
+            streams_active: prometheus::IntGauge::new("orca_streams_active", "streams")
+                .expect("a valid metric name"),
+            reports: prometheus::IntCounter::new("orca_reports_total", "reports")
+                .expect("a valid metric name"),
+            weights_reduced: prometheus::IntGauge::new("orca_weights_reduced", "reduced")
+                .expect("a valid metric name"),
+        }
+    }
+}
 
 /// An endpoint's load reports, shared by the probers of the targets that want a weight;
 /// the stream stops when the last of them is gone.
 pub struct Load {
     state: Mutex<LoadState>,
     config: WeightConfig,
+    counters: LoadCounters,
     stop: CancellationToken,
 }
 
@@ -35,6 +63,8 @@ struct LoadState {
     weighting: Weighting,
     /// The backend answered UNIMPLEMENTED: no reports will come.
     unimplemented: bool,
+    /// Counted in `orca_weights_reduced` now.
+    reduced: bool,
 }
 
 impl Load {
@@ -44,9 +74,46 @@ impl Load {
         if state.unimplemented {
             return LoadWeight::NoReports;
         }
-        match state.weighting.weight(now, &self.config) {
-            Some((percent, report)) => LoadWeight::Percent(percent, report),
-            None => LoadWeight::Waiting,
+        match (
+            state.weighting.weight(now, &self.config),
+            state.weighting.last_report(),
+        ) {
+            (Some((percent, report)), Some((_, at))) => LoadWeight::Percent {
+                percent,
+                report,
+                at,
+            },
+            _ => LoadWeight::Waiting,
+        }
+    }
+
+    /// A stream was (re)opened: the weight starts over, at 100 % through the blackout.
+    fn opened(&self) {
+        let mut state = self.state.lock().expect("load lock poisoned");
+        state.weighting.opened();
+        self.set_reduced(&mut state, false);
+    }
+
+    /// Takes one report and keeps `orca_weights_reduced` true to it.
+    fn report(&self, report: LoadReport, now: Instant) {
+        self.counters.reports.inc();
+        let mut state = self.state.lock().expect("load lock poisoned");
+        state.weighting.report(report, now, &self.config);
+        let reduced = state
+            .weighting
+            .weight(now, &self.config)
+            .is_some_and(|(percent, _)| percent < 100);
+        self.set_reduced(&mut state, reduced);
+    }
+
+    fn set_reduced(&self, state: &mut LoadState, reduced: bool) {
+        if reduced != state.reduced {
+            state.reduced = reduced;
+            if reduced {
+                self.counters.weights_reduced.inc();
+            } else {
+                self.counters.weights_reduced.dec();
+            }
         }
     }
 
@@ -58,6 +125,26 @@ impl Load {
 impl Drop for Load {
     fn drop(&mut self) {
         self.stop.cancel();
+        let state = self.state.get_mut().expect("load lock poisoned");
+        if state.reduced {
+            self.counters.weights_reduced.dec();
+        }
+    }
+}
+
+/// Counts an open stream in `orca_streams_active` while it lives.
+struct Open(prometheus::IntGauge);
+
+impl Open {
+    fn new(gauge: &prometheus::IntGauge) -> Open {
+        gauge.inc();
+        Open(gauge.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -68,10 +155,12 @@ pub fn start(
     name: String,
     prepared: Prepared,
     config: &LoadConfig,
+    counters: &LoadCounters,
 ) -> Arc<Load> {
     let load = Arc::new(Load {
         state: Mutex::new(LoadState::default()),
         config: config.weight,
+        counters: counters.clone(),
         stop: CancellationToken::new(),
     });
     let stop = load.stop.clone();
@@ -93,7 +182,8 @@ async fn follow(endpoint: Arc<Endpoint>, name: String, prepared: Prepared, load:
         let ended = match call::load_reports(&endpoint, &prepared).await {
             Ok(mut stream) => {
                 let Some(opened) = load.upgrade() else { return };
-                opened.with_state(|state| state.weighting.opened());
+                opened.opened();
+                let _open = Open::new(&opened.counters.streams_active);
                 drop(opened);
                 backoff = BACKOFF_MIN;
                 loop {
@@ -102,10 +192,7 @@ async fn follow(endpoint: Arc<Endpoint>, name: String, prepared: Prepared, load:
                             let Some(reported) = load.upgrade() else {
                                 return;
                             };
-                            let config = reported.config;
-                            let now = Instant::now();
-                            reported
-                                .with_state(|state| state.weighting.report(report, now, &config));
+                            reported.report(report, Instant::now());
                         }
                         Err(error) => break error,
                     }
