@@ -221,6 +221,9 @@ impl Entry {
 
     /// Counts one more observation under `rules` and publishes the new state.
     pub(super) fn observe(&self, observation: Observation, rules: &Rules, shared: &Shared) {
+        // A flip a held status earned before this observation happened then, even if its
+        // timer has not published it yet (replies already answer it).
+        self.settle(observation.at, shared);
         let previous = self.health.load_full();
         let health = match previous.as_deref() {
             None => Health::first(observation, rules),

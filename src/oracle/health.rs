@@ -103,6 +103,9 @@ impl Health {
     /// The state after one more observation: the run grows or starts over, and the state
     /// flips once the run is worth `rise` (healthy) or `fall` (failed) observations.
     pub fn next(&self, observation: Observation, rules: &Rules) -> Health {
+        if let Some(settled) = self.settled(observation.at) {
+            return settled.next(observation, rules);
+        }
         let healthy = rules.replies.is_healthy(&observation.outcome);
         let streak = if healthy == self.streak.healthy {
             // A held status counts by time: a repeat adds nothing.

@@ -248,6 +248,26 @@ fn a_repeated_held_status_adds_no_count_and_a_change_starts_over() {
 }
 
 #[test]
+fn a_flip_earned_before_an_observation_is_applied_first() {
+    // NOT_SERVING held for fall - 1 intervals has turned the state down, though nothing
+    // published it yet; SERVING a moment later must count toward rise from down, not
+    // find the state still up.
+    let rules = held();
+    let start = Instant::now();
+    let up = Health::first(observation(serving(), start), &rules);
+    let failing = up.next(observation(not_serving(), start), &rules);
+    let due = failing.flip_due().unwrap();
+    let later = due + Duration::from_millis(10);
+    let back = failing.next(observation(serving(), later), &rules);
+    assert!(!back.up, "rise 2 still has to count");
+    assert_eq!(
+        back.reply(&rules.replies, later).to_line().trim_end(),
+        "down #SERVING 0.7ms (1/2 to up)"
+    );
+    assert_eq!(back.flip_due(), Some(later + INTERVAL));
+}
+
+#[test]
 fn a_trusted_status_applies_at_once() {
     let rules = Rules {
         rise: 1,
