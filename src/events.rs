@@ -43,10 +43,33 @@ impl State {
     }
 }
 
+/// A backend endpoint's weight moving far enough to tell: by at least
+/// [`WEIGHT_EVENT_STEP`] points since the last event, or back to 100 %.
+#[derive(Clone, Debug)]
+pub struct WeightChange {
+    /// `host:port` of the endpoint (its targets share the weight).
+    pub endpoint: String,
+    pub from: u16,
+    pub to: u16,
+    /// The utilization the new weight rests on (`cpu 0.82`).
+    pub reason: String,
+    pub at: SystemTime,
+}
+
+/// How far, in percentage points, a weight moves before the feed hears of it.
+pub const WEIGHT_EVENT_STEP: u16 = 10;
+
+/// One event of the feed.
+#[derive(Clone, Debug)]
+pub enum Event {
+    Transition(Transition),
+    Weight(WeightChange),
+}
+
 /// The sending side; cheap to clone.
 #[derive(Clone)]
 pub struct Events {
-    sender: broadcast::Sender<Arc<Transition>>,
+    sender: broadcast::Sender<Arc<Event>>,
 }
 
 impl Events {
@@ -58,10 +81,15 @@ impl Events {
 
     /// Publishes to current subscribers, if any; never blocks.
     pub fn publish(&self, transition: Transition) {
-        let _ = self.sender.send(Arc::new(transition));
+        let _ = self.sender.send(Arc::new(Event::Transition(transition)));
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Transition>> {
+    /// Publishes a weight change to current subscribers, if any; never blocks.
+    pub fn publish_weight(&self, change: WeightChange) {
+        let _ = self.sender.send(Arc::new(Event::Weight(change)));
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.sender.subscribe()
     }
 }
@@ -92,8 +120,12 @@ mod tests {
             Err(broadcast::error::TryRecvError::Lagged(missed)) => assert_eq!(missed, 8),
             other => panic!("expected a lag, got {other:?}"),
         }
-        assert_eq!(subscriber.try_recv().unwrap().target.port, 9);
-        assert_eq!(subscriber.try_recv().unwrap().target.port, 10);
+        let port = |event: Arc<Event>| match event.as_ref() {
+            Event::Transition(transition) => transition.target.port,
+            Event::Weight(_) => panic!("only transitions were published"),
+        };
+        assert_eq!(port(subscriber.try_recv().unwrap()), 9);
+        assert_eq!(port(subscriber.try_recv().unwrap()), 10);
         // Publishing without subscribers is fine.
         drop(subscriber);
         events.publish(transition(11));

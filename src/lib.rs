@@ -154,7 +154,8 @@ impl App {
                 streams_active: metrics.load.streams_active.clone(),
                 reports: metrics.load.reports.clone(),
                 weights_reduced: metrics.load.weights_reduced.clone(),
-            });
+            })
+            .tell_weights(events.clone());
         let probe: Arc<dyn Probe> = Arc::new(probe);
         let oracle = Oracle::new(
             Arc::clone(&probe),

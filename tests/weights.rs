@@ -147,3 +147,50 @@ async fn a_backend_without_load_reports_gets_no_weight() {
         "asked again after UNIMPLEMENTED"
     );
 }
+
+/// `/events` hears of a weight when it moves 10 points or more, or back to 100 %: not on
+/// every report.
+#[tokio::test]
+async fn the_event_feed_hears_of_weights_that_move_far_enough() {
+    let backend = OrcaBackend::start().await;
+    backend.set_cpu_utilization(0.5);
+    let agent = direct_agent(&[]).await;
+    let mut events = support::http::EventStream::open(agent.admin).await;
+    let line = weighted(backend.port(), "");
+    reply_becomes(agent.addr, &line, "up 50% #SERVING", WITHIN).await;
+    let weight = next_weight(&mut events).await;
+    assert_eq!(
+        (
+            weight["from_percent"].as_u64(),
+            weight["to_percent"].as_u64()
+        ),
+        (Some(100), Some(50)),
+        "{weight}"
+    );
+    assert_eq!(weight["endpoint"], format!("127.0.0.1:{}", backend.port()));
+    assert_eq!(weight["reason"], "cpu 0.50");
+    // 5 points: not told; then 15 points from what was told: told.
+    backend.set_cpu_utilization(0.45);
+    reply_becomes(agent.addr, &line, "up 55% #SERVING", WITHIN).await;
+    backend.set_cpu_utilization(0.35);
+    reply_becomes(agent.addr, &line, "up 65% #SERVING", WITHIN).await;
+    let weight = next_weight(&mut events).await;
+    assert_eq!(
+        (
+            weight["from_percent"].as_u64(),
+            weight["to_percent"].as_u64()
+        ),
+        (Some(50), Some(65)),
+        "{weight}"
+    );
+}
+
+/// The next `weight` event (transitions are skipped).
+async fn next_weight(events: &mut support::http::EventStream) -> serde_json::Value {
+    loop {
+        let event = events.next(WITHIN).await;
+        if event.event == "weight" {
+            return serde_json::from_str(&event.data).unwrap();
+        }
+    }
+}

@@ -13,7 +13,8 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 
 use super::State;
-use super::views::{BackendView, TransitionView, error_json, json, json_body, text};
+use super::views::{BackendView, TransitionView, WeightView, error_json, json, json_body, text};
+use crate::events::Event;
 use crate::oracle::Snapshot;
 use crate::protocol::{self, Target};
 
@@ -216,10 +217,17 @@ fn event_stream(state: State) -> Response {
     let feed = tokio_stream::wrappers::BroadcastStream::new(state.events.subscribe());
     let stream = feed.map(move |item| {
         let event = match item {
-            Ok(transition) => warp::sse::Event::default()
-                .event("transition")
-                .json_data(TransitionView::of(&transition))
-                .unwrap_or_else(|_| warp::sse::Event::default().comment("unencodable event")),
+            Ok(event) => {
+                let encoded = match event.as_ref() {
+                    Event::Transition(transition) => warp::sse::Event::default()
+                        .event("transition")
+                        .json_data(TransitionView::of(transition)),
+                    Event::Weight(change) => warp::sse::Event::default()
+                        .event("weight")
+                        .json_data(WeightView::of(change)),
+                };
+                encoded.unwrap_or_else(|_| warp::sse::Event::default().comment("unencodable event"))
+            }
             Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(missed)) => {
                 dropped.inc_by(missed);
                 warp::sse::Event::default()

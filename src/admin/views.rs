@@ -9,7 +9,7 @@ use serde::Serialize;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
-use crate::events::Transition;
+use crate::events::{Transition, WeightChange};
 use crate::oracle::{LoadSnapshot, Snapshot};
 use crate::protocol::Target;
 
@@ -134,6 +134,28 @@ impl TransitionView {
             to: transition.to.as_str(),
             reason: transition.reason.clone(),
             unix_ms: system_ms(transition.at),
+        }
+    }
+}
+
+/// One `weight` event of `/events`: an endpoint's weight moved far enough to tell.
+#[derive(Debug, Serialize)]
+pub struct WeightView {
+    pub endpoint: String,
+    pub from_percent: u16,
+    pub to_percent: u16,
+    pub reason: String,
+    pub unix_ms: u64,
+}
+
+impl WeightView {
+    pub(super) fn of(change: &WeightChange) -> WeightView {
+        WeightView {
+            endpoint: change.endpoint.clone(),
+            from_percent: change.from,
+            to_percent: change.to,
+            reason: change.reason.clone(),
+            unix_ms: system_ms(change.at),
         }
     }
 }

@@ -18,6 +18,7 @@ use super::request::{Method, Prepared};
 use super::tls::{client_tls, server_name};
 use super::{BoxFuture, LoadWeight, Outcome, Probe, ProbeError, TargetProber, WatchStream};
 use crate::allowlist::{Admission, Allowlist};
+use crate::events::Events;
 use crate::protocol::{Target, WeightWord};
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -43,6 +44,8 @@ pub struct GrpcProbe {
     endpoints: Mutex<EndpointPool>,
     /// `orca_*` metrics.
     load_counters: LoadCounters,
+    /// Where weight changes are told.
+    events: Option<Events>,
 }
 
 /// What it takes to make an endpoint; cheap to clone.
@@ -117,7 +120,14 @@ impl GrpcProbe {
                 prune_at: 64,
             }),
             load_counters: LoadCounters::unregistered(),
+            events: None,
         })
+    }
+
+    /// Tells `events` (the `/events` feed) of weights that move far enough.
+    pub fn tell_weights(mut self, events: Events) -> GrpcProbe {
+        self.events = Some(events);
+        self
     }
 
     /// Counts the load-report streams, reports and reduced weights in `counters`.
@@ -188,6 +198,7 @@ impl GrpcProbe {
             prepared,
             &self.config.load,
             &self.load_counters,
+            self.events.clone(),
         );
         pool.loads.insert(key, Arc::downgrade(&load));
         Some(load)

@@ -7,7 +7,7 @@
 //! again on that endpoint.
 
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -16,6 +16,7 @@ use super::call;
 use super::endpoint::Endpoint;
 use super::request::Prepared;
 use super::{LoadConfig, LoadWeight};
+use crate::events::{Events, WEIGHT_EVENT_STEP, WeightChange};
 use crate::weight::{LoadReport, WeightConfig, Weighting};
 
 /// Shortest and longest wait before a failed load-report stream is opened again.
@@ -52,9 +53,13 @@ impl LoadCounters {
 /// An endpoint's load reports, shared by the probers of the targets that want a weight;
 /// the stream stops when the last of them is gone.
 pub struct Load {
+    /// `host:port`, for logs and events.
+    name: String,
     state: Mutex<LoadState>,
     config: WeightConfig,
     counters: LoadCounters,
+    /// Where weight changes that cross [`WEIGHT_EVENT_STEP`] go.
+    events: Option<Events>,
     stop: CancellationToken,
 }
 
@@ -65,6 +70,8 @@ struct LoadState {
     unimplemented: bool,
     /// Counted in `orca_weights_reduced` now.
     reduced: bool,
+    /// The weight the event feed last heard of (100 % before any).
+    told: Option<u16>,
 }
 
 impl Load {
@@ -99,11 +106,31 @@ impl Load {
         self.counters.reports.inc();
         let mut state = self.state.lock().expect("load lock poisoned");
         state.weighting.report(report, now, &self.config);
-        let reduced = state
+        let weight = state
             .weighting
             .weight(now, &self.config)
-            .is_some_and(|(percent, _)| percent < 100);
-        self.set_reduced(&mut state, reduced);
+            .map_or(100, |(percent, _)| percent);
+        self.set_reduced(&mut state, weight < 100);
+        self.tell(&mut state, weight, &report);
+    }
+
+    /// Feeds a weight change once it has moved [`WEIGHT_EVENT_STEP`] points from what the
+    /// feed last heard, or came back to 100 %: not on every report.
+    fn tell(&self, state: &mut LoadState, weight: u16, report: &LoadReport) {
+        let Some(events) = &self.events else { return };
+        let told = state.told.unwrap_or(100);
+        let moved = weight.abs_diff(told) >= WEIGHT_EVENT_STEP || (weight == 100 && told != 100);
+        if !moved {
+            return;
+        }
+        state.told = Some(weight);
+        events.publish_weight(WeightChange {
+            endpoint: self.name.clone(),
+            from: told,
+            to: weight,
+            reason: report.describe().unwrap_or_default(),
+            at: SystemTime::now(),
+        });
     }
 
     fn set_reduced(&self, state: &mut LoadState, reduced: bool) {
@@ -156,15 +183,18 @@ pub fn start(
     prepared: Prepared,
     config: &LoadConfig,
     counters: &LoadCounters,
+    events: Option<Events>,
 ) -> Arc<Load> {
     let load = Arc::new(Load {
+        name,
         state: Mutex::new(LoadState::default()),
         config: config.weight,
         counters: counters.clone(),
+        events,
         stop: CancellationToken::new(),
     });
     let stop = load.stop.clone();
-    let follower = follow(endpoint, name, prepared, Arc::downgrade(&load));
+    let follower = follow(endpoint, prepared, Arc::downgrade(&load));
     tokio::spawn(async move {
         tokio::select! {
             _ = stop.cancelled() => {}
@@ -176,7 +206,7 @@ pub fn start(
 
 /// Opens the stream, reads its reports, and opens it again after a backoff, until the
 /// backend answers UNIMPLEMENTED or the `Load` is dropped (its task is then cancelled).
-async fn follow(endpoint: Arc<Endpoint>, name: String, prepared: Prepared, load: Weak<Load>) {
+async fn follow(endpoint: Arc<Endpoint>, prepared: Prepared, load: Weak<Load>) {
     let mut backoff = BACKOFF_MIN;
     loop {
         let ended = match call::load_reports(&endpoint, &prepared).await {
@@ -202,11 +232,14 @@ async fn follow(endpoint: Arc<Endpoint>, name: String, prepared: Prepared, load:
         };
         if ended.is_unimplemented() {
             if let Some(refused) = load.upgrade() {
-                tracing::info!(endpoint = %name, "backend sends no ORCA load reports (UNIMPLEMENTED); its targets' replies carry no weight");
+                tracing::info!(endpoint = %refused.name, "backend sends no ORCA load reports (UNIMPLEMENTED); its targets' replies carry no weight");
                 refused.with_state(|state| state.unimplemented = true);
             }
             return;
         }
+        let Some(name) = load.upgrade().map(|load| load.name.clone()) else {
+            return;
+        };
         tracing::debug!(endpoint = %name, error = %ended, "load-report stream ended; opening it again after a backoff");
         let jitter = 0.8 + fastrand::f64() * 0.4;
         tokio::time::sleep(backoff.mul_f64(jitter)).await;
