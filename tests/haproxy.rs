@@ -1,5 +1,7 @@
 //! End to end with the real HAProxy: servers with `agent-check` pointed at the agent go UP
-//! and DOWN as their gRPC backends flip, and `last_agt` carries the agent's reason.
+//! and DOWN as their gRPC backends flip, and `last_agt` carries the agent's reason; with
+//! `weight=orca`, the backends' load reports become the servers' weights, and a roundrobin
+//! frontend's traffic splits by them.
 //!
 //! The haproxy run is `HAPROXY_BIN` when set, else the first `haproxy` on `PATH`, else
 //! Debian's package's (`/usr/sbin/haproxy`) or another usual place; its `haproxy -v` line is
@@ -17,6 +19,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use support::backend::{HealthBackend, Wire};
+use support::orca::OrcaBackend;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -117,21 +120,70 @@ fn is_executable(path: &Path) -> bool {
         .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
 }
 
+/// What a generated haproxy.cfg holds besides its servers' agent lines.
+struct Farm {
+    /// Words on every `server` line before `agent-check`.
+    server_words: &'static str,
+    agent_inter: &'static str,
+    /// A `mode tcp` frontend listening on this 127.0.0.1 port, sending every connection
+    /// to the `grpc` backend.
+    frontend_port: Option<u16>,
+}
+
+impl Farm {
+    /// HAProxy's own TCP check beside the agent's, no traffic: the status tests' farm.
+    const HEALTH: Farm = Farm {
+        server_words: "check inter 500ms",
+        agent_inter: "100ms",
+        frontend_port: None,
+    };
+
+    /// Traffic through a frontend to servers of `weight 100`, so that the agent's `NN%`
+    /// lands on a weight of NN (from HAProxy's default weight of 1, every percentage under
+    /// 100 rounds down to 0, which drains). The agent is their only check: HAProxy's own
+    /// would connect to the backends too and blur the count of the traffic they accept.
+    fn weighted_traffic(frontend_port: u16) -> Farm {
+        Farm {
+            server_words: "weight 100",
+            agent_inter: "200ms",
+            frontend_port: Some(frontend_port),
+        }
+    }
+}
+
+/// One `server` line's parts: its name, its backend's port, and the agent line it sends.
+type ServerLine<'a> = (&'a str, u16, String);
+
 impl Haproxy {
     /// Starts haproxy in the foreground with `servers` (name, backend port, agent line).
-    fn start(agent_port: u16, servers: &[(&str, u16, String)]) -> Haproxy {
+    fn start(agent_port: u16, servers: &[ServerLine]) -> Haproxy {
+        Haproxy::start_farm(agent_port, servers, &Farm::HEALTH)
+    }
+
+    /// Starts haproxy in the foreground with `servers` laid out as `farm` says.
+    fn start_farm(agent_port: u16, servers: &[ServerLine], farm: &Farm) -> Haproxy {
         let dir =
             std::env::temp_dir().join(format!("hga-haproxy-{}-{agent_port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut config = format!(
             "global\n    stats socket {}/admin.sock mode 600 level admin\n\n\
-             defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 5s\n    timeout server 5s\n    timeout check 2s\n\n\
-             backend grpc\n",
+             defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 5s\n    timeout server 5s\n    timeout check 2s\n\n",
             dir.display()
         );
+        if let Some(port) = farm.frontend_port {
+            config.push_str(&format!(
+                "frontend traffic\n    bind 127.0.0.1:{port}\n    default_backend grpc\n\n"
+            ));
+        }
+        config.push_str("backend grpc\n    balance roundrobin\n");
+        let Farm {
+            server_words,
+            agent_inter,
+            ..
+        } = farm;
         for (name, port, line) in servers {
             config.push_str(&format!(
-                "    server {name} 127.0.0.1:{port} check inter 500ms agent-check agent-addr 127.0.0.1 agent-port {agent_port} agent-inter 100ms agent-send \"{line}\\n\"\n"
+                "    server {name} 127.0.0.1:{port} {server_words} agent-check agent-addr 127.0.0.1 agent-port {agent_port} agent-inter {agent_inter} agent-send \"{line}\\n\"\n"
             ));
         }
         let config_path = dir.join("haproxy.cfg");
@@ -159,8 +211,9 @@ impl Haproxy {
         Haproxy { child, dir }
     }
 
-    /// `show stat` for the `grpc` backend's servers: name → (status, last_agt).
-    async fn servers(&self) -> HashMap<String, (String, String)> {
+    /// `show stat` for the `grpc` backend's servers, by name; empty while the admin socket
+    /// is not up yet.
+    async fn servers(&self) -> HashMap<String, ServerStat> {
         let Ok(mut socket) = tokio::net::UnixStream::connect(self.dir.join("admin.sock")).await
         else {
             return HashMap::new();
@@ -176,22 +229,30 @@ impl Haproxy {
             .split(',')
             .collect();
         let column = |name: &str| header.iter().position(|h| *h == name);
-        let (Some(px), Some(sv), Some(status), Some(last_agt)) = (
-            column("pxname"),
-            column("svname"),
-            column("status"),
-            column("last_agt"),
-        ) else {
+        let columns = ["pxname", "svname", "status", "last_agt", "weight", "stot"].map(column);
+        let [
+            Some(px),
+            Some(sv),
+            Some(status),
+            Some(last_agt),
+            Some(weight),
+            Some(stot),
+        ] = columns
+        else {
             return HashMap::new();
         };
+        let widest = px.max(sv).max(status).max(last_agt).max(weight).max(stot);
         lines
             .map(|line| line.split(',').collect::<Vec<_>>())
-            .filter(|row| row.len() > last_agt && row[px] == "grpc" && row[sv] != "BACKEND")
+            .filter(|row| row.len() > widest && row[px] == "grpc" && row[sv] != "BACKEND")
             .map(|row| {
-                (
-                    row[sv].to_string(),
-                    (row[status].to_string(), row[last_agt].to_string()),
-                )
+                let stat = ServerStat {
+                    status: row[status].to_string(),
+                    last_agt: row[last_agt].to_string(),
+                    weight: row[weight].parse().ok(),
+                    sessions: row[stot].parse().unwrap_or(0),
+                };
+                (row[sv].to_string(), stat)
             })
             .collect()
     }
@@ -203,11 +264,11 @@ impl Haproxy {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         while tokio::time::Instant::now() < deadline {
             let servers = self.servers().await;
-            if let Some((now, last_agt)) = servers.get(name) {
-                if now.starts_with(status) && last_agt.contains(reason) {
+            if let Some(stat) = servers.get(name) {
+                if stat.status.starts_with(status) && stat.last_agt.contains(reason) {
                     return;
                 }
-                seen = Some((now.clone(), last_agt.clone()));
+                seen = Some(stat.clone());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -217,6 +278,42 @@ impl Haproxy {
             haproxy_binary().version
         );
     }
+
+    /// Waits until every named server has the given effective weight and a `last_agt`
+    /// containing the given reason; returns the `show stat` that showed it. The status is
+    /// not read: a server checked by the agent alone shows "no check" whatever it answers.
+    async fn wait_for_weights(&self, wanted: &[(&str, u32, &str)]) -> HashMap<String, ServerStat> {
+        let mut servers = HashMap::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while tokio::time::Instant::now() < deadline {
+            servers = self.servers().await;
+            let shown = |(name, weight, reason): &(&str, u32, &str)| {
+                servers.get(*name).is_some_and(|stat| {
+                    stat.weight == Some(*weight) && stat.last_agt.contains(reason)
+                })
+            };
+            if wanted.iter().all(shown) {
+                return servers;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "show stat did not come to the weights {wanted:?}; last seen {servers:?} ({})",
+            haproxy_binary().version
+        );
+    }
+}
+
+/// One server's row of `show stat`, the columns these tests read.
+#[derive(Clone, Debug)]
+struct ServerStat {
+    status: String,
+    last_agt: String,
+    /// The effective weight (`weight`); the agent's `NN%` makes it NN % of the configured
+    /// weight.
+    weight: Option<u32>,
+    /// Sessions HAProxy sent to the server since it started (`stot`).
+    sessions: u64,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,6 +385,189 @@ async fn not_serving_can_drain_or_maint_and_ready_brings_it_back() {
         haproxy.wait_for("a", status, "").await;
         backend.set("", Wire::Serving);
         haproxy.wait_for("a", "UP", "SERVING").await;
+    }
+}
+
+/// The agent flags of tests/weights.rs: a weight follows each load report at once (no
+/// smoothing, no blackout, no bound on a step), reports asked for every 100 ms.
+const DIRECT_WEIGHTS: &[&str] = &[
+    "--orca-report-interval",
+    "100ms",
+    "--orca-smoothing",
+    "0s",
+    "--orca-blackout",
+    "0s",
+    "--orca-max-step",
+    "100",
+];
+
+/// Connections per burst: 20 rounds of the first weights (80 + 50 + 20 = 150).
+const BURST: usize = 3000;
+
+/// How far a server's share of a burst may stray from its weight's share, in percentage
+/// points. HAProxy's roundrobin with weights that hold still is deterministic: every round
+/// of the weights' sum hands each server exactly its weight, so a burst can stray only in
+/// the round it cuts short, by less than a server's weight (at most 90 of 3000 connections
+/// here: under 3 points). Roundrobin interleaves the servers within a round, which keeps it
+/// far smaller in practice (HAProxy 2.6.12: 0.00 and at most 0.04 points), and an agent
+/// re-sending an unchanged weight does not restart the rounds.
+const SPLIT_TOLERANCE_POINTS: f64 = 3.0;
+
+/// Three servers whose backends report cpu 0.2, 0.5 and 0.8 show the weights 80, 50 and
+/// 20 (of a configured 100) in `show stat`, with the utilization in `last_agt`; a
+/// roundrobin frontend's connections split by those weights; when one backend's load
+/// drops, its weight in HAProxy rises and the next burst follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orca_load_reports_become_haproxy_weights_and_split_traffic() {
+    let mut backends = Vec::new();
+    for cpu in [0.2, 0.5, 0.8] {
+        let backend = OrcaBackend::start().await;
+        backend.set_cpu_utilization(cpu);
+        backends.push(backend);
+    }
+    let agent = start_agent(DIRECT_WEIGHTS).await;
+    let frontend_port = closed_port();
+    let servers: Vec<ServerLine> = ["a", "b", "c"]
+        .into_iter()
+        .zip(&backends)
+        .map(|(name, backend)| {
+            let line = format!("{} weight=orca", line_for(backend.port(), ""));
+            (name, backend.port(), line)
+        })
+        .collect();
+    let haproxy = Haproxy::start_farm(
+        agent.addr.port(),
+        &servers,
+        &Farm::weighted_traffic(frontend_port),
+    );
+    let frontend = std::net::SocketAddr::from(([127, 0, 0, 1], frontend_port));
+
+    let first = [
+        ("a", 80, "cpu 0.20"),
+        ("b", 50, "cpu 0.50"),
+        ("c", 20, "cpu 0.80"),
+    ];
+    haproxy.wait_for_weights(&first).await;
+    burst_follows_weights(&haproxy, frontend, &backends, &first, "cpu 0.2/0.5/0.8").await;
+
+    let changed = tokio::time::Instant::now();
+    backends[2].set_cpu_utilization(0.1);
+    let second = [
+        ("a", 80, "cpu 0.20"),
+        ("b", 50, "cpu 0.50"),
+        ("c", 90, "cpu 0.10"),
+    ];
+    haproxy.wait_for_weights(&second).await;
+    eprintln!(
+        "c's load 0.8 -> 0.1: show stat shows weight 90 after {:?} (report interval 100ms, \
+         agent-inter 200ms, show stat polled every 50ms)",
+        changed.elapsed()
+    );
+    burst_follows_weights(&haproxy, frontend, &backends, &second, "c now cpu 0.1").await;
+}
+
+/// Sends a burst of [`BURST`] connections through `frontend` and checks that each
+/// server's share of it, counted by its backend, is its weight's share within
+/// [`SPLIT_TOLERANCE_POINTS`]; prints the split.
+async fn burst_follows_weights(
+    haproxy: &Haproxy,
+    frontend: std::net::SocketAddr,
+    backends: &[OrcaBackend],
+    weights: &[(&str, u32, &str)],
+    case: &str,
+) {
+    let accepted = || -> Vec<u64> {
+        let count = |backend: &OrcaBackend| backend.health.accepted_connections() as u64;
+        backends.iter().map(count).collect()
+    };
+    let sessions = |stats: &HashMap<String, ServerStat>| -> Vec<u64> {
+        weights
+            .iter()
+            .map(|(name, ..)| stats[*name].sessions)
+            .collect()
+    };
+    let since = |after: Vec<u64>, before: &[u64]| -> Vec<u64> {
+        after
+            .iter()
+            .zip(before)
+            .map(|(after, before)| after - before)
+            .collect()
+    };
+    let accepted_before = accepted();
+    let sessions_before = sessions(&haproxy.servers().await);
+    let started = tokio::time::Instant::now();
+    send_connections(frontend, BURST).await;
+    let took = started.elapsed();
+    let stats = haproxy.servers().await;
+    let received = since(accepted(), &accepted_before);
+    let sent = since(sessions(&stats), &sessions_before);
+    eprintln!("{case}: {BURST} connections through haproxy's roundrobin in {took:?}");
+    // The agent's own connections to the backends are long-lived (one per endpoint), so a
+    // burst's count is the burst's alone: every connection reached exactly one backend, the
+    // one HAProxy says it sent it to.
+    assert_eq!(
+        received.iter().sum::<u64>(),
+        BURST as u64,
+        "{case}: the backends accepted {received:?} connections for a burst of {BURST}"
+    );
+    assert_eq!(
+        received, sent,
+        "{case}: the backends' counts differ from haproxy's sessions per server"
+    );
+    check_split(case, weights, &received, &stats);
+}
+
+/// Prints each server's share of a burst beside its weight's share, and fails if one
+/// strays more than [`SPLIT_TOLERANCE_POINTS`] from it.
+fn check_split(
+    case: &str,
+    weights: &[(&str, u32, &str)],
+    received: &[u64],
+    stats: &HashMap<String, ServerStat>,
+) {
+    let total_weight: u32 = weights.iter().map(|(_, weight, _)| weight).sum();
+    let total_received: u64 = received.iter().sum();
+    let mut strays = Vec::new();
+    for ((name, weight, _), received) in weights.iter().zip(received) {
+        let share = 100.0 * *received as f64 / total_received as f64;
+        let expected = 100.0 * f64::from(*weight) / f64::from(total_weight);
+        eprintln!(
+            "  server {name}: weight {weight}, {received} connections ({share:.2} %, weight's \
+             share {expected:.2} %, off by {:+.2} points), last_agt {:?}",
+            share - expected,
+            stats[*name].last_agt
+        );
+        if (share - expected).abs() > SPLIT_TOLERANCE_POINTS {
+            strays.push(format!("{name}: {share:.2} % against {expected:.2} %"));
+        }
+    }
+    assert!(
+        strays.is_empty(),
+        "{case}: the split strays more than {SPLIT_TOLERANCE_POINTS} points from the weights \
+         {weights:?}: {strays:?} ({})",
+        haproxy_binary().version
+    );
+}
+
+/// Opens `count` connections to `frontend`, one after another. Each sends HTTP/2's
+/// connection preface and waits for the backend's first bytes (its SETTINGS frame) before
+/// it closes, so every connection has reached a backend: one closed at once might be
+/// dropped by HAProxy before it connects to a server.
+async fn send_connections(frontend: std::net::SocketAddr, count: usize) {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    for sent in 0..count {
+        let through = async {
+            let mut stream = tokio::net::TcpStream::connect(frontend).await?;
+            stream.write_all(PREFACE).await?;
+            let mut first = [0u8; 1];
+            stream.read_exact(&mut first).await?;
+            std::io::Result::Ok(())
+        };
+        match tokio::time::timeout(Duration::from_secs(5), through).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => panic!("connection {sent} through haproxy failed: {error}"),
+            Err(_) => panic!("connection {sent} through haproxy had no answer within 5s"),
+        }
     }
 }
 
