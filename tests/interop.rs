@@ -3,8 +3,13 @@
 //! grpc-js, grpc-go and grpc++. Every case runs against every stack: serving flips for
 //! the whole server and a named service (watched and polled), an unknown service, Watch
 //! carrying the changes, liveness within the server's ping policy, a killed and restarted
-//! server, a graceful stop, TLS with the
-//! authority as server name, and a server stream limit below the number of services.
+//! server, a graceful stop, TLS with the authority as server name, and a server stream
+//! limit below the number of services.
+//!
+//! `node_orca` runs against grpc-js alone, the one stack whose installed version serves
+//! ORCA out-of-band load reports itself (`ServerMetricRecorder`): the weight a
+//! `weight=orca` line gets follows the cpu and application utilization the server
+//! reports, and a line without the option gets none.
 
 mod support;
 
@@ -363,4 +368,48 @@ interop_cases! {
     node => Stack::Node,
     go => Stack::Go,
     cpp => Stack::Cpp,
+}
+
+/// grpc-js's own ORCA service (`ServerMetricRecorder`): its out-of-band load reports
+/// become the reply's weight. The only stack here with one in the versions installed
+/// (tests/interop/README.md), hence these cases run for it alone.
+mod node_orca {
+    use super::*;
+    use server::Utilization;
+
+    /// Weights that follow each report at once: reports every 100 ms (grpc-js has no
+    /// minimum interval and sends the first one only after an interval), no smoothing,
+    /// no blackout, no step bound.
+    async fn direct_agent() -> Agent {
+        start_agent(&[
+            "--orca-report-interval",
+            "100ms",
+            "--orca-smoothing",
+            "0s",
+            "--orca-blackout",
+            "0s",
+            "--orca-max-step",
+            "100",
+        ])
+        .await
+    }
+
+    /// cpu utilization gives the weight until the server sets application utilization,
+    /// which then takes its place. A line for the same endpoint without `weight=orca`
+    /// reads as it always has, though the endpoint's load-report stream is open.
+    #[tokio::test]
+    async fn grpc_js_load_reports_become_the_weight() {
+        let mut server = Server::start(Stack::Node, &Config::services(&[SERVICE])).await;
+        server.set_utilization(Utilization::Cpu, 0.5).await;
+        let agent = direct_agent().await;
+        let line = format!("{} weight=orca", line_for(server.port, SERVICE));
+        let reply = reply_becomes(agent.addr, &line, "up 50% #SERVING", WITHIN).await;
+        assert!(reply.trim_end().ends_with(" cpu 0.50"), "{reply}");
+        server.set_utilization(Utilization::Application, 0.2).await;
+        let reply = reply_becomes(agent.addr, &line, "up 80% #SERVING", WITHIN).await;
+        assert!(reply.trim_end().ends_with(" app 0.20"), "{reply}");
+        let plain = line_for(server.port, SERVICE);
+        let reply = reply_becomes(agent.addr, &plain, "up #SERVING", WITHIN).await;
+        assert!(!reply.contains('%') && !reply.contains(" app "), "{reply}");
+    }
 }

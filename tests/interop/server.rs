@@ -1,6 +1,7 @@
 //! One interop health server as a child process: a stack's program (tests/interop/*/)
 //! started with the shared command line, its `listening PORT` line awaited, commands
-//! written to its stdin and their `ok` awaited; killed when dropped.
+//! written to its stdin and their `ok` awaited; killed when dropped. The grpc-js one
+//! also serves its stack's own ORCA load reports, set by the `utilization` command.
 
 use std::fmt;
 use std::io::{BufRead, BufReader, Write};
@@ -42,6 +43,14 @@ impl fmt::Display for Stack {
 }
 
 impl Stack {
+    /// Whether the stack's server program serves ORCA's out-of-band load reports with
+    /// the stack's own ORCA service, and so takes the `utilization` command. Only grpc-js
+    /// (`ServerMetricRecorder`) has one in the versions installed; for the others ORCA
+    /// would be a service we wrote, which tests nothing of theirs.
+    pub fn serves_orca(self) -> bool {
+        matches!(self, Stack::Node)
+    }
+
     /// The command that runs this stack's server; panics, saying how to install it,
     /// when it is not there.
     fn command(self) -> Command {
@@ -84,6 +93,15 @@ impl Stack {
 pub enum Status {
     Serving,
     NotServing,
+}
+
+/// A utilization a test sets in the server's ORCA load reports.
+#[derive(Clone, Copy, Debug)]
+pub enum Utilization {
+    /// `cpu_utilization`.
+    Cpu,
+    /// `application_utilization`.
+    Application,
 }
 
 /// What a server is started with.
@@ -163,6 +181,23 @@ impl Server {
             Status::NotServing => "NOT_SERVING",
         };
         self.command(&format!("set {service} {status}")).await;
+    }
+
+    /// Sets `utilization` to `value` in the load reports sent from now on (the streams
+    /// already open carry it in their next report). Only for a stack that
+    /// [serves ORCA](Stack::serves_orca): the other programs have no such command.
+    pub async fn set_utilization(&mut self, utilization: Utilization, value: f64) {
+        assert!(
+            self.stack.serves_orca(),
+            "the {} server has no ORCA service to set utilization on",
+            self.stack
+        );
+        let utilization = match utilization {
+            Utilization::Cpu => "cpu",
+            Utilization::Application => "application",
+        };
+        self.command(&format!("utilization {utilization} {value}"))
+            .await;
     }
 
     /// Stops the server gracefully (its health service says NOT_SERVING, calls in flight

@@ -1,7 +1,8 @@
-// The interop health server on grpc-js: grpc-health-check's HealthImplementation.
+// The interop health server on grpc-js: grpc-health-check's HealthImplementation,
+// and grpc-js's own ORCA service (ServerMetricRecorder) for out-of-band load reports.
 //
-// The command line and the stdin commands are the same for every stack; see
-// tests/interop/README.md.
+// The command line and the stdin commands are the same for every stack, except
+// `utilization`, which only this one has; see tests/interop/README.md.
 'use strict';
 
 const fs = require('fs');
@@ -13,6 +14,11 @@ const { HealthImplementation } = require('grpc-health-check');
 // never finish on their own).
 const GRACE_MS = 1000;
 const STATUSES = new Set(['SERVING', 'NOT_SERVING']);
+// The `utilization` command's metrics, each to the recorder's setter for it.
+const UTILIZATIONS = new Map([
+  ['cpu', (recorder, value) => recorder.setCpuUtilizationMetric(value)],
+  ['application', (recorder, value) => recorder.setApplicationUtilizationMetric(value)],
+]);
 
 function fail(message) {
   process.stderr.write(`${message}\n`);
@@ -45,6 +51,10 @@ function main() {
   if (args.maxStreams !== null) options['grpc.max_concurrent_streams'] = args.maxStreams;
   const server = new grpc.Server(options);
   health.addToServer(server);
+  // Reports carry what the `utilization` command last set (nothing until then), every
+  // report_interval the client asks for.
+  const recorder = new grpc.ServerMetricRecorder();
+  recorder.addToServer(server);
 
   let credentials = grpc.ServerCredentials.createInsecure();
   if (args.tls) {
@@ -58,11 +68,11 @@ function main() {
   server.bindAsync(`127.0.0.1:${args.port}`, credentials, (error, port) => {
     if (error) fail(`cannot listen on 127.0.0.1:${args.port}: ${error.message}`);
     process.stdout.write(`listening ${port}\n`);
-    serveCommands(server, health, known);
+    serveCommands(server, health, recorder, known);
   });
 }
 
-function serveCommands(server, health, known) {
+function serveCommands(server, health, recorder, known) {
   const lines = readline.createInterface({ input: process.stdin });
   let stopping = false;
   lines.on('line', (line) => {
@@ -72,6 +82,11 @@ function serveCommands(server, health, known) {
       const service = words[1] === '-' ? '' : words[1];
       known.add(service);
       health.setStatus(service, words[2]);
+      process.stdout.write('ok\n');
+    } else if (words[0] === 'utilization' && words.length === 3 && UTILIZATIONS.has(words[1])) {
+      const value = Number(words[2]);
+      if (!Number.isFinite(value) || value < 0) fail(`utilization ${words[2]}: not a number >= 0`);
+      UTILIZATIONS.get(words[1])(recorder, value);
       process.stdout.write('ok\n');
     } else if (words.length === 1 && words[0] === 'stop') {
       stopping = true;
