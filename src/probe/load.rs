@@ -6,9 +6,11 @@
 //! no load reports: its targets' replies carry no weight, and the stream is not asked for
 //! again on that endpoint.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwap;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -55,6 +57,11 @@ impl LoadCounters {
 pub struct Load {
     /// `host:port`, for logs and events.
     name: String,
+    /// Replaced whole on every report, so a reply reads it without a lock.
+    weighting: ArcSwap<Weighting>,
+    /// The backend answered UNIMPLEMENTED: no reports will come.
+    unimplemented: AtomicBool,
+    /// What only the stream's task changes.
     state: Mutex<LoadState>,
     config: WeightConfig,
     counters: LoadCounters,
@@ -65,9 +72,6 @@ pub struct Load {
 
 #[derive(Default)]
 struct LoadState {
-    weighting: Weighting,
-    /// The backend answered UNIMPLEMENTED: no reports will come.
-    unimplemented: bool,
     /// Counted in `orca_weights_reduced` now.
     reduced: bool,
     /// The weight the event feed last heard of (100 % before any).
@@ -77,14 +81,11 @@ struct LoadState {
 impl Load {
     /// What the reports say at `now`.
     pub fn weight(&self, now: Instant) -> LoadWeight {
-        let state = self.state.lock().expect("load lock poisoned");
-        if state.unimplemented {
+        if self.unimplemented.load(Ordering::Relaxed) {
             return LoadWeight::NoReports;
         }
-        match (
-            state.weighting.weight(now, &self.config),
-            state.weighting.last_report(),
-        ) {
+        let weighting = self.weighting.load();
+        match (weighting.weight(now, &self.config), weighting.last_report()) {
             (Some((percent, report)), Some((_, at))) => LoadWeight::Percent {
                 percent,
                 report,
@@ -97,7 +98,7 @@ impl Load {
     /// A stream was (re)opened: the weight starts over, at 100 % through the blackout.
     fn opened(&self) {
         let mut state = self.state.lock().expect("load lock poisoned");
-        state.weighting.opened();
+        self.weighting.store(Arc::new(Weighting::new()));
         self.set_reduced(&mut state, false);
     }
 
@@ -105,11 +106,12 @@ impl Load {
     fn report(&self, report: LoadReport, now: Instant) {
         self.counters.reports.inc();
         let mut state = self.state.lock().expect("load lock poisoned");
-        state.weighting.report(report, now, &self.config);
-        let weight = state
-            .weighting
+        let mut weighting = Weighting::clone(&self.weighting.load());
+        weighting.report(report, now, &self.config);
+        let weight = weighting
             .weight(now, &self.config)
             .map_or(100, |(percent, _)| percent);
+        self.weighting.store(Arc::new(weighting));
         self.set_reduced(&mut state, weight < 100);
         self.tell(&mut state, weight, &report);
     }
@@ -142,10 +144,6 @@ impl Load {
                 self.counters.weights_reduced.dec();
             }
         }
-    }
-
-    fn with_state<R>(&self, change: impl FnOnce(&mut LoadState) -> R) -> R {
-        change(&mut self.state.lock().expect("load lock poisoned"))
     }
 }
 
@@ -187,6 +185,8 @@ pub fn start(
 ) -> Arc<Load> {
     let load = Arc::new(Load {
         name,
+        weighting: ArcSwap::from_pointee(Weighting::new()),
+        unimplemented: AtomicBool::new(false),
         state: Mutex::new(LoadState::default()),
         config: config.weight,
         counters: counters.clone(),
@@ -233,7 +233,7 @@ async fn follow(endpoint: Arc<Endpoint>, prepared: Prepared, load: Weak<Load>) {
         if ended.is_unimplemented() {
             if let Some(refused) = load.upgrade() {
                 tracing::info!(endpoint = %refused.name, "backend sends no ORCA load reports (UNIMPLEMENTED); its targets' replies carry no weight");
-                refused.with_state(|state| state.unimplemented = true);
+                refused.unimplemented.store(true, Ordering::Relaxed);
             }
             return;
         }
