@@ -15,6 +15,16 @@
 //!
 //! `--agent` may be given more than once: the windows then run for each binary in turn on
 //! the same farm, and the later ones are compared with the first (the baseline).
+//!
+//! `--orca`: every backend also serves ORCA load reports (cpu 0.5), and each binary runs
+//! twice on the same farm, without weights and then with `--orca-weights true`; the
+//! difference between the two idle windows is the cost of the weights: agent CPU per
+//! report received and RSS per endpoint with a stream open.
+//!
+//! ```text
+//! target/release/examples/scale --orca --backends 1000 --services 1 --interval 10s \
+//!     --window 30s --concurrency 0 --agent-flag=--health-mode=watch
+//! ```
 
 #[path = "support/agent_process.rs"]
 mod agent_process;
@@ -77,7 +87,17 @@ struct Args {
     /// farm (`poll`, `watch`, `watch-trust`).
     #[arg(long, value_delimiter = ',', default_value = "poll,watch,watch-trust")]
     modes: Vec<String>,
+    /// Serve ORCA load reports from every backend and run each binary without and then
+    /// with `--orca-weights true`, comparing the two idle windows.
+    #[arg(long)]
+    orca: bool,
+    /// With --orca: the agent's --orca-report-interval in the run with weights.
+    #[arg(long, default_value = "1s")]
+    orca_report_interval: String,
 }
+
+/// The load report every backend of an `--orca` farm sends.
+const FARM_CPU_UTILIZATION: f64 = 0.5;
 
 fn main() {
     let args = Args::parse();
@@ -95,7 +115,17 @@ fn main() {
         .build()
         .unwrap();
     let started = Instant::now();
-    let (farm, lines) = farm_runtime.block_on(farm::start_farm(args.backends, args.services));
+    let (farm, lines, orca) = if args.orca {
+        let (farm, lines, orca) = farm_runtime.block_on(farm::start_orca_farm(
+            args.backends,
+            args.services,
+            FARM_CPU_UTILIZATION,
+        ));
+        (farm, lines, Some(orca))
+    } else {
+        let (farm, lines) = farm_runtime.block_on(farm::start_farm(args.backends, args.services));
+        (farm, lines, None)
+    };
     println!(
         "farm: {} backends x {} services = {targets} targets, up in {:.1}s",
         args.backends,
@@ -105,7 +135,7 @@ fn main() {
     let lines = Arc::new(lines);
     if args.cold.is_some() || args.detect {
         let binary = args.agent[0].clone();
-        let (mut agent, _) = start_measured(&args, &binary, targets, &client, &lines);
+        let (mut agent, _) = start_measured(&args, &binary, targets, &[], &client, &lines);
         if let Some(bound) = args.cold {
             client.block_on(cold_start(&agent, &farm, &lines, args.services, bound));
             agent.stop();
@@ -115,17 +145,50 @@ fn main() {
         detect_modes(&args, targets, &client, farm, &lines);
         return;
     }
-    let mut results: Vec<(PathBuf, Windows)> = Vec::new();
+    let weights = [
+        "--orca-weights",
+        "true",
+        "--orca-report-interval",
+        &args.orca_report_interval,
+    ];
+    // Each run: a label and the agent flags it adds.
+    let runs: Vec<(&str, &[&str])> = if args.orca {
+        vec![("without weights", &[]), ("with weights", &weights)]
+    } else {
+        vec![("", &[])]
+    };
+    let mut results: Vec<(PathBuf, &str, Windows)> = Vec::new();
     for binary in &args.agent {
-        let (mut agent, at_start) = start_measured(&args, binary, targets, &client, &lines);
-        let measured = windows(&args, &agent, at_start, targets, &client, &farm, &lines);
-        agent.stop();
-        results.push((binary.clone(), measured));
+        for (label, extra) in &runs {
+            let (mut agent, at_start) =
+                start_measured(&args, binary, targets, extra, &client, &lines);
+            let context = Context {
+                targets,
+                client: &client,
+                farm: &farm,
+                orca: orca.as_deref(),
+                lines: &lines,
+            };
+            let measured = windows(&args, &agent, at_start, &context);
+            agent.stop();
+            results.push((binary.clone(), label, measured));
+        }
     }
-    if let Some(((baseline_binary, baseline), rest)) = results.split_first() {
-        for (binary, measured) in rest {
+    compare(&results, args.backends);
+}
+
+/// Prints each binary's runs against the first binary's run of the same kind, and with
+/// `--orca` each binary's run with weights against its run without.
+fn compare(results: &[(PathBuf, &str, Windows)], endpoints: usize) {
+    for (binary, label, measured) in results {
+        let baseline = results
+            .iter()
+            .find(|(_, baseline_label, _)| baseline_label == label);
+        if let Some((baseline_binary, _, baseline)) = baseline
+            && baseline_binary != binary
+        {
             println!(
-                "{} vs {}: CPU per probe {:.2}x, RSS per target {:.2}x (idle windows)",
+                "{} vs {} {label}: CPU per probe {:.2}x, RSS per target {:.2}x (idle windows)",
                 binary.display(),
                 baseline_binary.display(),
                 measured.cpu_per_probe_us / baseline.cpu_per_probe_us,
@@ -133,12 +196,60 @@ fn main() {
             );
         }
     }
+    let runs_of = |binary: &PathBuf, wanted: &str| {
+        results
+            .iter()
+            .find(|(of, label, _)| of == binary && *label == wanted)
+            .map(|(_, _, measured)| measured)
+    };
+    for (binary, label, _) in results
+        .iter()
+        .filter(|(_, label, _)| *label == "with weights")
+    {
+        let (Some(without), Some(with)) =
+            (runs_of(binary, "without weights"), runs_of(binary, label))
+        else {
+            continue;
+        };
+        // Rates, so that windows of slightly different lengths compare.
+        let extra_cpu_per_second =
+            with.cpu_seconds / with.seconds - without.cpu_seconds / without.seconds;
+        let reports_per_second = with.reports as f64 / with.seconds;
+        let extra_rss_kib = with.rss_kib as f64 - without.rss_kib as f64;
+        println!(
+            "{}: ORCA weights cost {:.1} µs of agent CPU per report ({:.3} of {:.3} CPU s/s extra, {:.0} reports/s received); RSS {:+} KiB = {:.2} KiB per endpoint with a stream open ({} of {endpoints} open)",
+            binary.display(),
+            extra_cpu_per_second * 1e6 / reports_per_second.max(f64::MIN_POSITIVE),
+            extra_cpu_per_second,
+            with.cpu_seconds / with.seconds,
+            reports_per_second,
+            extra_rss_kib,
+            extra_rss_kib / with.open_streams.max(1) as f64,
+            with.open_streams
+        );
+    }
+}
+
+/// What the windows run against.
+struct Context<'a> {
+    targets: usize,
+    client: &'a tokio::runtime::Runtime,
+    farm: &'a [HealthBackend],
+    orca: Option<&'a farm::OrcaCounts>,
+    lines: &'a Arc<Vec<String>>,
 }
 
 /// What an idle window measured.
 struct Windows {
     cpu_per_probe_us: f64,
     rss_per_target_kib: f64,
+    /// The idle window's length, the agent's CPU seconds in it and its RSS at its end.
+    seconds: f64,
+    cpu_seconds: f64,
+    rss_kib: u64,
+    /// ORCA load reports the farm sent in the idle window, and streams open at its end.
+    reports: u64,
+    open_streams: usize,
 }
 
 /// Spawns `binary`, times its first answer, prints its footprint at start.
@@ -146,17 +257,19 @@ fn start_measured(
     args: &Args,
     binary: &std::path::Path,
     targets: usize,
+    extra: &[&str],
     client: &tokio::runtime::Runtime,
     lines: &Arc<Vec<String>>,
 ) -> (AgentProcess, agent_process::Stats) {
     let spawned = Instant::now();
-    let agent = spawn_agent(args, binary, targets);
+    let agent = spawn_agent(args, binary, targets, extra);
     let (first, _) = client
         .block_on(load::request(agent.addr, &lines[0]))
         .expect("the agent answers");
     println!(
-        "== {}: first answer ({}) {:.1} ms after spawning the agent",
+        "== {} {}: first answer ({}) {:.1} ms after spawning the agent",
         binary.display(),
+        extra.join(" "),
         String::from_utf8_lossy(&first).trim_end(),
         spawned.elapsed().as_secs_f64() * 1000.0
     );
@@ -229,11 +342,15 @@ fn windows(
     args: &Args,
     agent: &AgentProcess,
     at_start: agent_process::Stats,
-    targets: usize,
-    client: &tokio::runtime::Runtime,
-    farm: &[HealthBackend],
-    lines: &Arc<Vec<String>>,
+    context: &Context,
 ) -> Windows {
+    let Context {
+        targets,
+        client,
+        farm,
+        orca,
+        lines,
+    } = *context;
     let registered = Instant::now();
     client.block_on(load::warm_up(agent.addr, lines));
     println!(
@@ -242,6 +359,9 @@ fn windows(
     );
     // Let the first-probe burst spread out over a couple of intervals.
     std::thread::sleep(args.interval * 2);
+    let agent_reports = || client.block_on(metric(agent.admin, "orca_reports_total"));
+    let farm_reports = || orca.map_or(0, farm::OrcaCounts::reports);
+    let open_streams = || orca.map_or(0, farm::OrcaCounts::open_streams);
 
     let total_checks = || farm.iter().map(HealthBackend::total_checks).sum::<u64>();
     let expected =
@@ -251,11 +371,13 @@ fn windows(
     let before = agent.stats();
     let lag_before = client.block_on(lag_histogram(agent.admin));
     let checks_before = total_checks();
+    let (farm_reports_before, agent_reports_before) = (farm_reports(), agent_reports());
     let window_started = Instant::now();
     std::thread::sleep(args.window);
     let window = window_started.elapsed();
     let checks = total_checks() - checks_before;
     let after = agent.stats();
+    let reports = farm_reports() - farm_reports_before;
     let lag_after = client.block_on(lag_histogram(agent.admin));
     let cpu = after.cpu_seconds - before.cpu_seconds;
     let sys = after.sys_seconds - before.sys_seconds;
@@ -280,9 +402,23 @@ fn windows(
         lag_after.count - lag_before.count
     );
 
+    if let Some(orca) = orca {
+        println!(
+            "idle: ORCA: {reports} reports sent by the farm ({:.3} per endpoint per second), {:.0} received by the agent (its orca_reports_total), {} streams open ({} opened since the farm started)",
+            reports as f64 / args.backends as f64 / window.as_secs_f64(),
+            agent_reports() - agent_reports_before,
+            orca.open_streams(),
+            orca.streams()
+        );
+    }
     let measured = Windows {
         cpu_per_probe_us: cpu * 1e6 / checks.max(1) as f64,
         rss_per_target_kib: (after.rss_kib as f64 - at_start.rss_kib as f64) / targets as f64,
+        seconds: window.as_secs_f64(),
+        cpu_seconds: cpu,
+        rss_kib: after.rss_kib,
+        reports,
+        open_streams: open_streams(),
     };
     if args.concurrency > 0 {
         let before = agent.stats();
@@ -464,7 +600,12 @@ async fn detection(
 /// Starts the agent binary for this run. The windows and the cold start measure polling
 /// (Check RPCs are what the farm counts) unless `--agent-flag=--health-mode=...` says
 /// otherwise; `--detect` compares the modes.
-fn spawn_agent(args: &Args, binary: &std::path::Path, targets: usize) -> AgentProcess {
+fn spawn_agent(
+    args: &Args,
+    binary: &std::path::Path,
+    targets: usize,
+    extra: &[&str],
+) -> AgentProcess {
     let chosen = args
         .agent_flags
         .iter()
@@ -474,7 +615,7 @@ fn spawn_agent(args: &Args, binary: &std::path::Path, targets: usize) -> AgentPr
     } else {
         &["--health-mode", "poll"]
     };
-    spawn_agent_with(args, binary, targets, mode)
+    spawn_agent_with(args, binary, targets, &[mode, extra].concat())
 }
 
 /// Starts the agent binary for this run, with `extra` flags.
@@ -517,6 +658,16 @@ fn spawn_agent_with(
         flags.extend(["--max-probes-in-flight".to_string(), bound.to_string()]);
     }
     AgentProcess::spawn(binary, &flags)
+}
+
+/// The agent's metric `haproxy_grpc_agent_<name>` (one without labels); 0 when absent.
+async fn metric(admin: SocketAddr, name: &str) -> f64 {
+    let text = http::get(admin, "/metrics").await.body;
+    let prefix = format!("haproxy_grpc_agent_{name} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// The agent's `poller_lag_seconds` histogram: cumulative counts per upper bound.
