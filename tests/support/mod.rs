@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod daemon;
+pub mod haproxy;
 pub mod http;
 pub mod orca;
 pub mod raw_h2;
