@@ -53,9 +53,36 @@ impl Shared {
         at.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
+    /// A probes-in-flight permit, counted in `probes_in_flight` while held. The guard
+    /// gives both back however the probe ends, cancelled by an eviction included.
+    pub(super) async fn in_flight(&self) -> InFlight<'_> {
+        let permit = self
+            .permits
+            .acquire()
+            .await
+            .expect("the probe semaphore is never closed");
+        self.metrics.probes.in_flight.inc();
+        InFlight {
+            _permit: permit,
+            gauge: &self.metrics.probes.in_flight,
+        }
+    }
+
     /// The instant `millis` after the epoch.
     pub fn instant_at(&self, millis: u64) -> Instant {
         self.epoch + Duration::from_millis(millis)
+    }
+}
+
+/// A probe's slot among `max_probes_in_flight`; see [`Shared::in_flight`].
+pub(super) struct InFlight<'a> {
+    _permit: tokio::sync::SemaphorePermit<'a>,
+    gauge: &'a prometheus::IntGauge,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.gauge.dec();
     }
 }
 
@@ -154,20 +181,15 @@ pub(super) async fn probe_once(
     deadline: Duration,
     shared: &Shared,
 ) -> (Observation, Instant) {
-    let _permit = shared
-        .permits
-        .acquire()
-        .await
-        .expect("the probe semaphore is never closed");
+    let in_flight = shared.in_flight().await;
     let metrics = &shared.metrics;
-    metrics.probes.in_flight.inc();
     let started = Instant::now();
     let outcome = match tokio::time::timeout(deadline, prober.check()).await {
         Ok(outcome) => outcome,
         Err(_) => Outcome::Failed(ProbeError::Deadline(deadline)),
     };
     let latency = started.elapsed();
-    metrics.probes.in_flight.dec();
+    drop(in_flight);
     metrics.probed(&outcome);
     metrics.probes.duration.observe(latency.as_secs_f64());
     let observation = Observation {

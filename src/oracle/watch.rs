@@ -162,13 +162,8 @@ async fn open(
     deadline: Duration,
     shared: &Shared,
 ) -> Result<(WatchStream, Observation), Ended> {
-    let _permit = shared
-        .permits
-        .acquire()
-        .await
-        .expect("the probe semaphore is never closed");
+    let in_flight = shared.in_flight().await;
     let metrics = &shared.metrics;
-    metrics.probes.in_flight.inc();
     let started = Instant::now();
     let opening = async {
         let mut stream = prober.watch().await?;
@@ -176,7 +171,7 @@ async fn open(
         Ok::<_, ProbeError>((stream, first))
     };
     let opened = tokio::time::timeout(deadline, opening).await;
-    metrics.probes.in_flight.dec();
+    drop(in_flight);
     let latency = started.elapsed();
     let (stream, first) = match opened {
         Err(_) => return Err(Ended::Failed(ProbeError::Deadline(deadline))),
