@@ -1,4 +1,4 @@
-//! The feed of state changes behind the admin `GET /events`: a broadcast channel with a
+//! The feed of state changes (targets', weights', panics') behind the admin `GET /events`: a broadcast channel with a
 //! bounded buffer. Publishing never waits; a subscriber that falls behind loses the oldest
 //! events and learns how many (and `events_dropped_total` counts them).
 
@@ -59,11 +59,28 @@ pub struct WeightChange {
 /// How far, in percentage points, a weight moves before the feed hears of it.
 pub const WEIGHT_EVENT_STEP: u16 = 10;
 
+/// A group, or the whole agent, starting or ending a panic: holding its failing targets'
+/// last verdicts because most of them fail on the way at once.
+#[derive(Clone, Debug)]
+pub struct PanicChange {
+    /// `group` or `agent`.
+    pub scope: &'static str,
+    /// The group's name (`group=` or `authority/service`), or `agent`.
+    pub group: String,
+    /// Started (true) or ended.
+    pub panicking: bool,
+    /// Failing members (targets; endpoints for the agent) and all members then.
+    pub failing: usize,
+    pub members: usize,
+    pub at: SystemTime,
+}
+
 /// One event of the feed.
 #[derive(Clone, Debug)]
 pub enum Event {
     Transition(Transition),
     Weight(WeightChange),
+    Panic(PanicChange),
 }
 
 /// The sending side; cheap to clone.
@@ -87,6 +104,11 @@ impl Events {
     /// Publishes a weight change to current subscribers, if any; never blocks.
     pub fn publish_weight(&self, change: WeightChange) {
         let _ = self.sender.send(Arc::new(Event::Weight(change)));
+    }
+
+    /// Publishes a panic's start or end to current subscribers, if any; never blocks.
+    pub fn publish_panic(&self, change: PanicChange) {
+        let _ = self.sender.send(Arc::new(Event::Panic(change)));
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
@@ -122,7 +144,7 @@ mod tests {
         }
         let port = |event: Arc<Event>| match event.as_ref() {
             Event::Transition(transition) => transition.target.port,
-            Event::Weight(_) => panic!("only transitions were published"),
+            Event::Weight(_) | Event::Panic(_) => panic!("only transitions were published"),
         };
         assert_eq!(port(subscriber.try_recv().unwrap()), 9);
         assert_eq!(port(subscriber.try_recv().unwrap()), 10);

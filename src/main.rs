@@ -164,6 +164,9 @@ async fn run(
     log_filter: logging::FilterHandle,
 ) -> ExitCode {
     tracing::info!(settings = %loaded.summary(), "starting");
+    for (setting, instead) in loaded.deprecated() {
+        tracing::warn!(setting, "deprecated setting ignored: {instead}");
+    }
     if let Some((from, to)) = haproxy_grpc_agent::raise_open_file_limit() {
         tracing::info!(from, to, "raised the open file limit");
     }

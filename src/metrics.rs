@@ -11,7 +11,9 @@ mod labels;
 use prometheus::core::Collector;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Opts, Registry};
 
-pub use self::labels::{ErrorType, EvictionCause, OutcomeKind, RefusedReason};
+pub use self::labels::{
+    ErrorType, EvictionCause, FaultCause, OutcomeKind, PanicScope, RefusedReason,
+};
 use self::labels::{LabeledCounter, ReloadResult, RequestResult, TransitionTo};
 use crate::probe::Outcome;
 use crate::protocol::Verdict;
@@ -44,6 +46,7 @@ pub struct PortMetrics {
     pub check_duration: Histogram,
     pub connections_active: IntGauge,
     refused: LabeledCounter<RefusedReason>,
+    faults: LabeledCounter<FaultCause>,
 }
 
 /// The oracle's cache of targets.
@@ -67,6 +70,11 @@ pub struct ProbeMetrics {
     pub poller_lag: Histogram,
     pub in_flight: IntGauge,
     pub watch_streams_active: IntGauge,
+    /// Groups (and the agent as a whole) holding their verdicts now.
+    pub panics_active: IntGauge,
+    panics: LabeledCounter<PanicScope>,
+    /// Replies that held a verdict because of a panic.
+    pub panic_replies: IntCounter,
 }
 
 impl Metrics {
@@ -121,6 +129,23 @@ impl Metrics {
     pub fn request_refused(&self, error_type: ErrorType) {
         self.port.requests.inc(RequestResult::Error);
         self.error(error_type);
+    }
+
+    /// Counts a request the agent could not answer from the backend's word, by cause;
+    /// `silent` when it was closed without a reply.
+    pub fn agent_fault(&self, cause: FaultCause, silent: bool) {
+        self.port.faults.inc(cause);
+        if silent {
+            self.port.requests.inc(RequestResult::Silent);
+        } else {
+            self.request_answered(Verdict::Down);
+            self.error(cause.error_type());
+        }
+    }
+
+    /// Counts a group, or the agent, starting to panic.
+    pub fn panic_started(&self, scope: PanicScope) {
+        self.probes.panics.inc(scope);
     }
 
     /// Counts a request answered other than up, by cause.
@@ -193,6 +218,13 @@ impl PortMetrics {
                 ),
                 "reason",
             )?,
+            faults: LabeledCounter::new(
+                opts(
+                    "agent_faults_total",
+                    "Agent requests not answered from the backend's word, for a trouble of the agent's own, by cause (silent unless agent_fault_reply = down)",
+                ),
+                "cause",
+            )?,
         })
     }
 
@@ -203,6 +235,7 @@ impl PortMetrics {
             Box::new(self.check_duration.clone()),
             Box::new(self.connections_active.clone()),
             self.refused.collector(),
+            self.faults.collector(),
         ]
     }
 }
@@ -270,6 +303,21 @@ impl ProbeMetrics {
                 "watch_streams_active",
                 "Health/Watch streams open now (targets watched rather than polled)",
             ))?,
+            panics_active: IntGauge::with_opts(opts(
+                "panics_active",
+                "Groups (and the agent as a whole) holding their targets' verdicts now, because most of their targets fail on the way at once",
+            ))?,
+            panics: LabeledCounter::new(
+                opts(
+                    "panics_total",
+                    "Panics started: a group, or the whole agent, holding its targets' verdicts",
+                ),
+                "scope",
+            )?,
+            panic_replies: IntCounter::with_opts(opts(
+                "panic_replies_total",
+                "Replies that held a target's last verdict because its group or the agent panicked",
+            ))?,
         })
     }
 
@@ -282,6 +330,9 @@ impl ProbeMetrics {
             Box::new(self.poller_lag.clone()),
             Box::new(self.in_flight.clone()),
             Box::new(self.watch_streams_active.clone()),
+            Box::new(self.panics_active.clone()),
+            self.panics.collector(),
+            Box::new(self.panic_replies.clone()),
         ]
     }
 }

@@ -244,6 +244,23 @@ impl Outcome {
         matches!(self, Outcome::Failed(error) if error.is_unimplemented())
     }
 
+    /// Whether this is the backend's own word: a serving status, or a gRPC status its
+    /// handlers answered (see [`ProbeError::is_backend_answer`]). An explicit answer is
+    /// honoured at once; only failures to get one count through `fall`.
+    pub fn is_explicit(&self) -> bool {
+        match self {
+            Outcome::Answered(_) => true,
+            Outcome::Failed(error) => error.is_backend_answer(),
+        }
+    }
+
+    /// Whether the check failed on the way to the backend (see
+    /// [`ProbeError::is_transport`]): the kind of failure the agent's own network trouble
+    /// also makes.
+    pub fn is_transport_failure(&self) -> bool {
+        matches!(self, Outcome::Failed(error) if error.is_transport())
+    }
+
     /// The short reason shown to HAProxy.
     pub fn reason(&self) -> String {
         match self {
@@ -292,6 +309,32 @@ impl ProbeError {
     /// A transport failure with a fixed reason.
     pub fn transport(reason: &str) -> ProbeError {
         ProbeError::Transport(reason.to_string())
+    }
+
+    /// Whether the backend's handlers answered with this status: every gRPC status but
+    /// the ones gRPC libraries and proxies make up for a call that never reached a
+    /// handler or never came back (UNAVAILABLE, CANCELLED, DEADLINE_EXCEEDED).
+    pub fn is_backend_answer(&self) -> bool {
+        matches!(self, ProbeError::Status { code, .. } if !code.is_transport())
+    }
+
+    /// Whether the call failed on the way: the name, the connection, TLS, silence, a
+    /// reset, a deadline, or a gRPC status that means the same (see
+    /// [`ProbeError::is_backend_answer`]). Not a denial or an invalid target: those are
+    /// the request's.
+    pub fn is_transport(&self) -> bool {
+        match self {
+            ProbeError::Dns(_)
+            | ProbeError::ConnectionRefused
+            | ProbeError::ConnectTimeout(_)
+            | ProbeError::Connect(_)
+            | ProbeError::Tls(_)
+            | ProbeError::RpcTimeout(_)
+            | ProbeError::Transport(_)
+            | ProbeError::Deadline(_) => true,
+            ProbeError::Status { code, .. } => code.is_transport(),
+            ProbeError::InvalidTarget(_) | ProbeError::Denied(_) => false,
+        }
     }
 
     /// Whether the backend answered UNIMPLEMENTED: it serves no health service (or no

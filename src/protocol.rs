@@ -1,6 +1,7 @@
 //! The agent-check line codec: request bytes → [`Target`], [`Reply`] → reply bytes. Pure, no I/O.
 //!
-//! A request is `<host> <port> <ssl|no-ssl> <authority> [<service>] [weight=orca|none]`,
+//! A request is `<host> <port> <ssl|no-ssl> <authority> [<service>] [weight=orca|none]
+//! [group=NAME]`,
 //! words separated by spaces or tabs; the line terminator has already been removed by the
 //! reader (a trailing `\r` is tolerated here). A word holding `=` is an option, never a
 //! service (gRPC service names have none), so today's 4- and 5-word lines mean what they
@@ -22,6 +23,8 @@ pub const MAX_SERVICE_LEN: usize = 256;
 pub const MAX_REASON_LEN: usize = 120;
 /// What ends a reason that was cut to fit [`MAX_REASON_LEN`].
 pub const CUT_MARK: &str = "...";
+/// Longest `group=` name accepted.
+pub const MAX_GROUP_LEN: usize = 64;
 /// How much of an offending word an error message quotes.
 const MAX_QUOTED_LEN: usize = 24;
 
@@ -39,6 +42,9 @@ pub struct Target {
     pub service: String,
     /// Whether the reply carries a weight from the backend's load reports.
     pub weight: WeightWord,
+    /// The `group=` option: the targets that fail together when the fault is the agent's
+    /// own (see the oracle's panic); `None` groups by authority and service.
+    pub group: Option<String>,
 }
 
 /// The request line's `weight=` option.
@@ -82,6 +88,10 @@ impl Target {
             line.push(' ');
             line.push_str(option);
         }
+        if let Some(group) = &self.group {
+            line.push_str(" group=");
+            line.push_str(group);
+        }
         line
     }
 }
@@ -103,8 +113,10 @@ pub enum BadRequest {
     ControlCharacter,
     #[error("expected 4 or 5 words (host port ssl|no-ssl authority [service]), got {0}")]
     WordCount(usize),
-    #[error("unknown option \"{0}\"; the one option is weight=orca or weight=none")]
+    #[error("unknown option \"{0}\"; the options are weight=orca, weight=none and group=NAME")]
     UnknownOption(String),
+    #[error("invalid group \"{0}\"; a group name is 1-64 letters, digits, '.', '-' or '_'")]
+    Group(String),
     #[error("option \"{0}\" given twice")]
     RepeatedOption(String),
     #[error("invalid host \"{0}\"")]
@@ -145,31 +157,61 @@ pub fn parse_request(line: &[u8]) -> Result<Target, BadRequest> {
     if service.len() > MAX_SERVICE_LEN {
         return Err(BadRequest::ServiceTooLong);
     }
+    let host = parse_host(host)?;
+    let port = parse_port(port)?;
+    let tls = parse_tls(tls)?;
+    let authority = parse_authority(authority)?;
+    let options = parse_options(&options)?;
     Ok(Target {
-        host: parse_host(host)?,
-        port: parse_port(port)?,
-        tls: parse_tls(tls)?,
-        authority: parse_authority(authority)?,
+        host,
+        port,
+        tls,
+        authority,
         service: service.to_string(),
-        weight: parse_options(&options)?,
+        weight: options.weight.unwrap_or_default(),
+        group: options.group,
     })
+}
+
+/// The options a request line gave.
+#[derive(Default)]
+struct Options {
+    weight: Option<WeightWord>,
+    group: Option<String>,
 }
 
 /// The options after the authority and service (words holding `=`), in any order, each
 /// at most once.
-fn parse_options(options: &[&str]) -> Result<WeightWord, BadRequest> {
-    let mut weight = None;
+fn parse_options(options: &[&str]) -> Result<Options, BadRequest> {
+    let mut parsed = Options::default();
     for option in options {
-        let parsed = match *option {
-            "weight=orca" => WeightWord::Orca,
-            "weight=none" => WeightWord::None,
+        let repeated = match option.split_once('=') {
+            Some(("weight", "orca")) => parsed.weight.replace(WeightWord::Orca).is_some(),
+            Some(("weight", "none")) => parsed.weight.replace(WeightWord::None).is_some(),
+            Some(("group", name)) => parsed.group.replace(parse_group(name)?).is_some(),
             _ => return Err(BadRequest::UnknownOption(quote(option))),
         };
-        if weight.replace(parsed).is_some() {
-            return Err(BadRequest::RepeatedOption(quote(option)));
+        if repeated {
+            let name = option.split_once('=').map_or(*option, |(name, _)| name);
+            return Err(BadRequest::RepeatedOption(quote(name)));
         }
     }
-    Ok(weight.unwrap_or_default())
+    Ok(parsed)
+}
+
+/// A group name: what an operator writes in a config file and reads in a reason, so a
+/// plain word.
+fn parse_group(name: &str) -> Result<String, BadRequest> {
+    let valid = !name.is_empty()
+        && name.len() <= MAX_GROUP_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+    if valid {
+        Ok(name.to_string())
+    } else {
+        Err(BadRequest::Group(quote(name)))
+    }
 }
 
 fn quote(word: &str) -> String {

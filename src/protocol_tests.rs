@@ -71,6 +71,15 @@ fn accepted_forms() {
             "h 50051 no-ssl api weight=none my.pkg.Service",
             "h 50051 no-ssl api my.pkg.Service weight=none",
         ),
+        // The group option, before or after the others; written last.
+        (
+            "h 50051 no-ssl api group=eu-west.api_1 weight=orca",
+            "h 50051 no-ssl api weight=orca group=eu-west.api_1",
+        ),
+        (
+            "h 50051 no-ssl api group=g my.pkg.Service",
+            "h 50051 no-ssl api my.pkg.Service group=g",
+        ),
     ];
     for (line, expected) in table {
         check(line, expected);
@@ -100,15 +109,27 @@ fn rejected_forms() {
         ),
         (
             "h 1 ssl a s weight=heavy",
-            "down #bad request: unknown option \"weight=heavy\"; the one option is weight=orca or weight=none",
+            "down #bad request: unknown option \"weight=heavy\"; the options are weight=orca, weight=none and group=NAME",
         ),
         (
             "h 1 ssl a a=b",
-            "down #bad request: unknown option \"a=b\"; the one option is weight=orca or weight=none",
+            "down #bad request: unknown option \"a=b\"; the options are weight=orca, weight=none and group=NAME",
         ),
         (
             "h 1 ssl a weight=orca weight=none",
-            "down #bad request: option \"weight=none\" given twice",
+            "down #bad request: option \"weight\" given twice",
+        ),
+        (
+            "h 1 ssl a group=a group=b",
+            "down #bad request: option \"group\" given twice",
+        ),
+        (
+            "h 1 ssl a group=",
+            "down #bad request: invalid group \"\"; a group name is 1-64 letters, digits, '.', '-' or '_'",
+        ),
+        (
+            "h 1 ssl a group=a/b",
+            "down #bad request: invalid group \"a/b\"; a group name is 1-64 letters, digits, '.', '-' or '_'",
         ),
         (
             "h 0 ssl a",
@@ -476,22 +497,26 @@ mod properties {
             Just(WeightWord::Orca),
             Just(WeightWord::None),
         ];
+        let group = proptest::option::of("[a-zA-Z0-9._-]{1,64}");
         (
             host,
             1..=u16::MAX,
             any::<bool>(),
             authority,
             service,
-            weight,
+            (weight, group),
         )
-            .prop_map(|(host, port, tls, authority, service, weight)| Target {
-                host,
-                port,
-                tls,
-                authority,
-                service,
-                weight,
-            })
+            .prop_map(
+                |(host, port, tls, authority, service, (weight, group))| Target {
+                    host,
+                    port,
+                    tls,
+                    authority,
+                    service,
+                    weight,
+                    group,
+                },
+            )
     }
 
     proptest! {

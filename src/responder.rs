@@ -1,5 +1,10 @@
 //! The agent port: accept HAProxy's connections (bounded, with backoff on accept errors)
 //! and answer each request line in order: read a bounded line → parse → ask → write.
+//!
+//! Only the backend or the request line earns a `down`: HAProxy takes it at once. When the
+//! oracle has no word for a trouble of the agent's own ([`AgentFault`]), the connection is
+//! closed without a reply, and HAProxy keeps its last verdict ("failure to connect to the
+//! agent is not considered an error"); `agent_fault_reply = down` answers `down` instead.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,20 +19,20 @@ use tracing::Instrument;
 
 use crate::allowlist::Sources;
 use crate::connection::{Connection, Frame};
-use crate::metrics::{ErrorType, Metrics, RefusedReason};
-use crate::oracle::Oracle;
+use crate::metrics::{ErrorType, FaultCause, Metrics, RefusedReason};
+use crate::oracle::{AgentFault, Oracle};
 use crate::protocol::{self, Reply, Target};
 use crate::shutdown::Shutdown;
 
 /// Answers one parsed request. The oracle is the real one; [`ConstantUp`] is the ceiling
 /// the benchmarks compare it with.
 pub trait Ask: Clone + Send + Sync + 'static {
-    fn ask(&self, target: Target) -> impl Future<Output = Reply> + Send;
+    fn ask(&self, target: Target) -> impl Future<Output = Result<Reply, AgentFault>> + Send;
 }
 
 /// The responder's adapter to the oracle: the oracle knows no agent port.
 impl Ask for Oracle {
-    fn ask(&self, target: Target) -> impl Future<Output = Reply> + Send {
+    fn ask(&self, target: Target) -> impl Future<Output = Result<Reply, AgentFault>> + Send {
         Oracle::ask(self, target)
     }
 }
@@ -38,8 +43,27 @@ impl Ask for Oracle {
 pub struct ConstantUp;
 
 impl Ask for ConstantUp {
-    async fn ask(&self, _target: Target) -> Reply {
-        Reply::up("")
+    async fn ask(&self, _target: Target) -> Result<Reply, AgentFault> {
+        Ok(Reply::up(""))
+    }
+}
+
+/// What a request the agent cannot answer from the backend's word gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultReply {
+    /// The connection is closed without a reply: HAProxy keeps its last verdict.
+    Silent,
+    /// `down #<the fault>`: strict, and HAProxy takes the server out at once.
+    Down,
+}
+
+impl FaultReply {
+    /// The name in settings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultReply::Silent => "silent",
+            FaultReply::Down => "down",
+        }
     }
 }
 
@@ -56,11 +80,17 @@ pub struct ResponderConfig {
     pub drain_timeout: Duration,
     /// Who may connect (`allow_sources`); others are closed before anything is read.
     pub sources: Arc<Sources>,
+    /// What an agent fault is answered.
+    pub fault_reply: FaultReply,
 }
 
 /// How long a connection closed after a final reply keeps draining input so the reply
 /// is not lost to a reset.
 const LINGER: Duration = Duration::from_secs(1);
+
+/// A fault of one cause after this long without one starts a new episode, which is
+/// logged; faults within an episode are only counted.
+const FAULT_EPISODE_GAP: Duration = Duration::from_secs(10);
 
 /// First and longest pause after an accept error such as EMFILE.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
@@ -81,6 +111,7 @@ pub async fn serve<A: Ask>(
     let mut backoff = ACCEPT_BACKOFF_MIN;
     // Numbers connections for their log span: a short id that orders them.
     let mut connections: u64 = 0;
+    let faults = Arc::new(FaultLog::new());
     while let Some((stream, peer)) = accept(&listener, &mut backoff, &shutdown).await {
         let Some(permit) = gate.admit(peer, &config.load().sources, &metrics) else {
             drop(stream);
@@ -95,6 +126,7 @@ pub async fn serve<A: Ask>(
             open,
             oracle.clone(),
             Arc::clone(&config),
+            Arc::clone(&faults),
             shutdown.clone(),
         );
         tracker.spawn(handled.instrument(span));
@@ -237,6 +269,7 @@ async fn handle<A: Ask>(
     open: Open,
     oracle: A,
     live: Arc<ArcSwap<ResponderConfig>>,
+    faults: Arc<FaultLog>,
     shutdown: Shutdown,
 ) {
     // Pipelined replies must not wait for Nagle.
@@ -256,8 +289,19 @@ async fn handle<A: Ask>(
             Err(_elapsed) => return read_timed_out(connection, read_deadline, metrics).await,
         };
         let started = Instant::now();
-        let Some((reply, close_after)) = answer(frame, &oracle, metrics).await else {
-            return;
+        let answered = answer(frame, &oracle, metrics).await;
+        let (reply, close_after) = match answered {
+            Answered::End => return,
+            Answered::Reply(reply, close_after) => (reply, close_after),
+            Answered::Fault(fault) => {
+                let policy = live.load().fault_reply;
+                faults.record(&fault, policy, metrics);
+                match policy {
+                    // Closed without a word: HAProxy keeps its last verdict.
+                    FaultReply::Silent => return,
+                    FaultReply::Down => (Reply::down(fault.reason), false),
+                }
+            }
         };
         metrics
             .port
@@ -273,27 +317,74 @@ async fn handle<A: Ask>(
     }
 }
 
-/// The reply to one frame and whether the connection closes after it; `None` when the
-/// client has closed its side.
-async fn answer<A: Ask>(frame: Frame<'_>, oracle: &A, metrics: &Metrics) -> Option<(Reply, bool)> {
+/// What one frame gets.
+enum Answered {
+    /// The client has closed its side.
+    End,
+    /// A reply, and whether the connection closes after it.
+    Reply(Reply, bool),
+    /// The agent has no word from the backend.
+    Fault(AgentFault),
+}
+
+async fn answer<A: Ask>(frame: Frame<'_>, oracle: &A, metrics: &Metrics) -> Answered {
     match frame {
-        Frame::End => None,
+        Frame::End => Answered::End,
         Frame::TooLong => {
             metrics.request_refused(ErrorType::LineTooLong);
-            Some((Reply::down("request line too long"), true))
+            Answered::Reply(Reply::down("request line too long"), true)
         }
         Frame::Line(line) => match protocol::parse_request(line) {
             Ok(target) => {
                 tracing::Span::current().record("backend", tracing::field::display(&target));
-                let reply = oracle.ask(target).await;
-                metrics.request_answered(reply.verdict);
-                Some((reply, false))
+                match oracle.ask(target).await {
+                    Ok(reply) => {
+                        metrics.request_answered(reply.verdict);
+                        Answered::Reply(reply, false)
+                    }
+                    Err(fault) => Answered::Fault(fault),
+                }
             }
             Err(error) => {
                 metrics.request_refused(ErrorType::ParseError);
-                Some((Reply::bad_request(&error), false))
+                Answered::Reply(Reply::bad_request(&error), false)
             }
         },
+    }
+}
+
+/// Counts agent faults, and logs each cause once per episode: a fault after
+/// [`FAULT_EPISODE_GAP`] without one of its cause.
+struct FaultLog {
+    epoch: Instant,
+    /// Per cause: milliseconds after `epoch` of its latest fault, plus one (0: never).
+    last_ms: Vec<std::sync::atomic::AtomicU64>,
+}
+
+impl FaultLog {
+    fn new() -> FaultLog {
+        FaultLog {
+            epoch: Instant::now(),
+            last_ms: FaultCause::ALL
+                .iter()
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
+        }
+    }
+
+    fn record(&self, fault: &AgentFault, policy: FaultReply, metrics: &Metrics) {
+        use std::sync::atomic::Ordering;
+        metrics.agent_fault(fault.cause, policy == FaultReply::Silent);
+        let now = self.epoch.elapsed().as_millis() as u64 + 1;
+        let last = self.last_ms[fault.cause as usize].swap(now, Ordering::Relaxed);
+        let gap = FAULT_EPISODE_GAP.as_millis() as u64;
+        if last == 0 || now.saturating_sub(last) >= gap {
+            let reply = match policy {
+                FaultReply::Silent => "closing without a reply, so HAProxy keeps its last verdict",
+                FaultReply::Down => "answering down (agent_fault_reply = down)",
+            };
+            tracing::warn!(cause = fault.cause.as_str(), reason = %fault.reason, "the agent cannot answer from the backend's word; {reply}");
+        }
     }
 }
 

@@ -13,7 +13,9 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 
 use super::State;
-use super::views::{BackendView, TransitionView, WeightView, error_json, json, json_body, text};
+use super::views::{
+    BackendView, PanicView, TransitionView, WeightView, error_json, json, json_body, text,
+};
 use crate::events::Event;
 use crate::oracle::Snapshot;
 use crate::protocol::{self, Target};
@@ -225,6 +227,9 @@ fn event_stream(state: State) -> Response {
                     Event::Weight(change) => warp::sse::Event::default()
                         .event("weight")
                         .json_data(WeightView::of(change)),
+                    Event::Panic(change) => warp::sse::Event::default()
+                        .event("panic")
+                        .json_data(PanicView::of(change)),
                 };
                 encoded.unwrap_or_else(|_| warp::sse::Event::default().comment("unencodable event"))
             }

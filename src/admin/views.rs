@@ -9,7 +9,7 @@ use serde::Serialize;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
-use crate::events::{Transition, WeightChange};
+use crate::events::{PanicChange, Transition, WeightChange};
 use crate::oracle::{LoadSnapshot, Snapshot};
 use crate::protocol::Target;
 
@@ -34,8 +34,16 @@ pub struct BackendView {
     pub mode: &'static str,
     /// The last probe's answer (`SERVING`, `NOT_SERVING`, ...), null if it failed.
     pub serving_status: Option<String>,
-    /// What a request for it is answered now.
+    /// What a request for it is answered now; null while the first probe is pending or
+    /// when the agent would answer nothing (see `agent_fault`).
     pub reply: Option<String>,
+    /// Why a request for it gets no reply from the backend's word now (`stale: ...`,
+    /// `panic: ...`): a trouble of the agent's own, answered with silence by default.
+    pub agent_fault: Option<String>,
+    /// The group it panics with (`group=` on its line, else `authority/service`).
+    pub group: String,
+    /// Why its verdict is held now (its group or the agent panics), else null.
+    pub panic: Option<String>,
     pub last_reason: Option<String>,
     pub last_probe_unix_ms: Option<u64>,
     pub last_probe_latency_ms: Option<f64>,
@@ -98,6 +106,9 @@ impl BackendView {
                 .reply
                 .as_ref()
                 .map(|reply| reply.to_line().trim_end().to_string()),
+            agent_fault: snapshot.agent_fault.clone(),
+            group: snapshot.group.clone(),
+            panic: snapshot.panic.clone(),
             last_reason: snapshot.last_reason.clone(),
             last_probe_unix_ms: snapshot.last_probe_at.map(system_ms),
             last_probe_latency_ms: snapshot
@@ -155,6 +166,33 @@ impl WeightView {
             from_percent: change.from,
             to_percent: change.to,
             reason: change.reason.clone(),
+            unix_ms: system_ms(change.at),
+        }
+    }
+}
+
+/// One `panic` event of `/events`: a group, or the agent, started or ended holding its
+/// failing targets' last verdicts.
+#[derive(Debug, Serialize)]
+pub struct PanicView {
+    /// `group` or `agent`.
+    pub scope: &'static str,
+    pub group: String,
+    /// `started` or `ended`.
+    pub state: &'static str,
+    pub failing: usize,
+    pub members: usize,
+    pub unix_ms: u64,
+}
+
+impl PanicView {
+    pub(super) fn of(change: &PanicChange) -> PanicView {
+        PanicView {
+            scope: change.scope,
+            group: change.group.clone(),
+            state: if change.panicking { "started" } else { "ended" },
+            failing: change.failing,
+            members: change.members,
             unix_ms: system_ms(change.at),
         }
     }

@@ -12,7 +12,7 @@ use super::read::{AdminValues, OracleValues, ProbeValues, Values};
 use super::read::{AgentValues, ConnectionValues, LoadValues, LogRotationValues, LogValues};
 use super::{LogSettings, SettingError, Settings};
 use crate::admin::AdminConfig;
-use crate::oracle::{OracleConfig, PollerConfig, ReplyPolicy};
+use crate::oracle::{OracleConfig, PanicConfig, PollerConfig, ReplyPolicy};
 use crate::probe::{LoadConfig, ProbeConfig, TlsSettings};
 use crate::responder::ResponderConfig;
 use crate::weight::WeightConfig;
@@ -117,6 +117,7 @@ fn responder_config(agent: AgentValues, miss_timeout: Duration) -> Option<Respon
         // miss_timeout); a second more lets it be written.
         drain_timeout: miss_timeout + Duration::from_secs(1),
         sources: Arc::new(agent.sources),
+        fault_reply: agent.fault_reply?,
     })
 }
 
@@ -174,7 +175,7 @@ fn oracle_config(oracle: OracleValues, probe_budget: Duration) -> Option<OracleC
             probe_deadline: probe_budget + Duration::from_millis(100),
             mode: oracle.mode?,
             liveness_interval: oracle.liveness_interval?,
-            trust_watch: oracle.trust_watch?,
+            explicit_answers: oracle.explicit_answers?,
             replies: ReplyPolicy {
                 not_serving: oracle.not_serving?,
                 unimplemented: oracle.unimplemented?,
@@ -185,6 +186,10 @@ fn oracle_config(oracle: OracleValues, probe_budget: Duration) -> Option<OracleC
         max_targets: oracle.max_targets?,
         stale_after: oracle.stale_after?,
         max_probes_in_flight: oracle.max_probes_in_flight?,
+        panic: PanicConfig {
+            threshold: oracle.panic_threshold? as u8,
+            min_group: oracle.panic_min_group?,
+        },
     })
 }
 

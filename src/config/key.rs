@@ -33,7 +33,12 @@ pub const RISE: &str = "rise";
 pub const FALL: &str = "fall";
 pub const HEALTH_MODE: &str = "health_mode";
 pub const LIVENESS_INTERVAL: &str = "liveness_interval";
+/// Deprecated and ignored (see `spec::DEPRECATED`).
 pub const TRUST_WATCH: &str = "trust_watch";
+pub const EXPLICIT_ANSWERS: &str = "explicit_answers";
+pub const AGENT_FAULT_REPLY: &str = "agent_fault_reply";
+pub const PANIC_THRESHOLD: &str = "panic_threshold";
+pub const PANIC_MIN_GROUP: &str = "panic_min_group";
 pub const MISS_TIMEOUT: &str = "miss_timeout";
 pub const IDLE_TTL: &str = "idle_ttl";
 pub const MAX_TARGETS: &str = "max_targets";

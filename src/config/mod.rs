@@ -132,6 +132,19 @@ pub struct Loaded {
 }
 
 impl Loaded {
+    /// The deprecated settings a layer sets, each with what to do instead.
+    pub fn deprecated(&self) -> Vec<(&'static str, &'static str)> {
+        spec::DEPRECATED
+            .iter()
+            .filter(|(key, _)| {
+                self.resolved
+                    .get(key)
+                    .is_some_and(|value| value.source != Source::Default)
+            })
+            .copied()
+            .collect()
+    }
+
     /// Every set value on one line, for the start-up log. Metadata values can carry
     /// credentials, so only their names are shown.
     pub fn summary(&self) -> String {

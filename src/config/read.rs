@@ -16,8 +16,9 @@ use super::parse::{
 };
 use super::{LogFormat, LogRotation};
 use crate::allowlist::{Allowlist, Sources};
-use crate::oracle::HealthMode;
+use crate::oracle::{ExplicitAnswers, HealthMode};
 use crate::protocol::Verdict;
+use crate::responder::FaultReply;
 
 /// Every setting as read, by group.
 pub(super) struct Values {
@@ -51,6 +52,7 @@ pub(super) struct AgentValues {
     pub(super) max_line: Option<usize>,
     pub(super) read_deadline: Option<Duration>,
     pub(super) sources: Sources,
+    pub(super) fault_reply: Option<FaultReply>,
 }
 
 /// What and how the probes may reach: the allowlist, the timeouts, what each call sends
@@ -88,7 +90,9 @@ pub(super) struct OracleValues {
     pub(super) fall: Option<usize>,
     pub(super) mode: Option<HealthMode>,
     pub(super) liveness_interval: Option<Duration>,
-    pub(super) trust_watch: Option<bool>,
+    pub(super) explicit_answers: Option<ExplicitAnswers>,
+    pub(super) panic_threshold: Option<usize>,
+    pub(super) panic_min_group: Option<usize>,
     pub(super) miss_timeout: Option<Duration>,
     pub(super) idle_ttl: Option<Duration>,
     pub(super) max_targets: Option<usize>,
@@ -167,6 +171,12 @@ impl Checker<'_> {
             sources: self
                 .get(key::ALLOW_SOURCES, |t| Sources::parse(t.split(',')))
                 .unwrap_or_default(),
+            fault_reply: self.get(key::AGENT_FAULT_REPLY, |t| {
+                parse_choice(
+                    t,
+                    &[("silent", FaultReply::Silent), ("down", FaultReply::Down)],
+                )
+            }),
         }
     }
 
@@ -220,7 +230,15 @@ impl Checker<'_> {
             rise: self.get(key::RISE, |t| parse_count(t, 1, 1000)),
             mode: self.get(key::HEALTH_MODE, |t| parse_choice(t, &modes)),
             liveness_interval: self.get(key::LIVENESS_INTERVAL, at_least_10ms),
-            trust_watch: self.get(key::TRUST_WATCH, parse_bool),
+            explicit_answers: self.get(key::EXPLICIT_ANSWERS, |t| {
+                let choices = [
+                    ("at_once", ExplicitAnswers::AtOnce),
+                    ("counted", ExplicitAnswers::Counted),
+                ];
+                parse_choice(t, &choices)
+            }),
+            panic_threshold: self.get(key::PANIC_THRESHOLD, |t| parse_count(t, 0, 100)),
+            panic_min_group: self.get(key::PANIC_MIN_GROUP, |t| parse_count(t, 2, 1_000_000)),
             fall: self.get(key::FALL, |t| parse_count(t, 1, 1000)),
             miss_timeout: self.get(key::MISS_TIMEOUT, parse_positive_duration),
             idle_ttl: self.get(key::IDLE_TTL, parse_positive_duration),

@@ -283,11 +283,39 @@ pub const SETTINGS: &[Spec] = &[
         "how often a backend connection carrying Watch streams is proven alive, for every target watched there: a PING, and every third time a Check that proves the backend still answers calls; also how long a connection with streams may stay silent before it is PINGed",
     ),
     spec(
+        key::EXPLICIT_ANSWERS,
+        Some("at_once"),
+        "at_once|counted",
+        Live,
+        "at_once: the backend's own unhealthy answer (NOT_SERVING, a gRPC status its handlers sent), from Watch or Check, turns it down at once, and only failures to get an answer count through fall; counted: those answers count through fall too",
+    ),
+    spec(
         key::TRUST_WATCH,
-        Some("false"),
+        None,
         "bool",
         Live,
-        "apply a status change a Watch stream reports at once, instead of counting it through rise/fall",
+        "deprecated and ignored: explicit answers apply at once in both modes now (explicit_answers)",
+    ),
+    spec(
+        key::AGENT_FAULT_REPLY,
+        Some("silent"),
+        "silent|down",
+        Live,
+        "what a request gets when the agent cannot answer from the backend's word for a trouble of its own (first probe pending, target limit, no probe slot, stale, shutting down, panic without a verdict): silent closes without a reply, so HAProxy keeps its last verdict; down answers `down #<cause>`",
+    ),
+    spec(
+        key::PANIC_THRESHOLD,
+        Some("50"),
+        "percent",
+        Live,
+        "when more than this share of a group's targets (or of all endpoints) fail on the way at once (connect, DNS, TLS, silence), the fault looks like the agent's own: their last verdicts are held (`up #panic: ...`); 0 turns it off",
+    ),
+    spec(
+        key::PANIC_MIN_GROUP,
+        Some("3"),
+        "count",
+        Live,
+        "groups (group= on the request line, else targets sharing authority and service) smaller than this never panic; nor does the agent with fewer endpoints",
     ),
     spec(
         key::MISS_TIMEOUT,
@@ -315,7 +343,7 @@ pub const SETTINGS: &[Spec] = &[
         None,
         "duration",
         Live,
-        "answer `down #stale` when no probe completed for this long [default: 3 intervals plus both gRPC timeouts]",
+        "a target with no probe result for this long is stale: the agent fell behind, which is its own fault (see agent_fault_reply) [default: 3 intervals plus both gRPC timeouts]",
     ),
     aliased(
         multi(spec(
@@ -507,6 +535,13 @@ pub const SETTINGS: &[Spec] = &[
 ];
 
 /// Settings whose values are credentials: never logged, printed or echoed in errors.
+/// Settings still accepted but no longer used, and what to do instead: setting one is
+/// logged as a warning at start, never an error, so an upgrade never stops an agent.
+pub const DEPRECATED: &[(&str, &str)] = &[(
+    key::TRUST_WATCH,
+    "explicit answers apply at once in both modes now; remove it (explicit_answers = counted counts them through fall)",
+)];
+
 pub fn is_secret(name: &str) -> bool {
     name == key::ADMIN_TOKEN
 }

@@ -55,14 +55,15 @@ macro_rules! label_values {
 }
 
 label_values! {
-    /// `check_requests_total{result}`: the reply's verdict, or `error` for a malformed
-    /// request.
+    /// `check_requests_total{result}`: the reply's verdict, `error` for a malformed
+    /// request, `silent` for one closed without a reply (an agent fault).
     RequestResult {
         Up => "up",
         Down => "down",
         Drain => "drain",
         Maint => "maint",
         Error => "error",
+        Silent => "silent",
     }
 }
 
@@ -88,6 +89,9 @@ label_values! {
         TargetLimit => "target_limit",
         FirstProbePending => "first_probe_pending",
         Stale => "stale",
+        NoProbeSlot => "no_probe_slot",
+        ShuttingDown => "shutting_down",
+        Panic => "panic",
         NotServing => "not_serving",
         ServiceUnknown => "service_unknown",
         UnknownStatus => "unknown_status",
@@ -170,6 +174,29 @@ impl OutcomeKind {
 }
 
 label_values! {
+    /// `agent_faults_total{cause}`: a request the agent could not answer from the
+    /// backend's word, for a trouble of its own. Answered with silence (HAProxy keeps its
+    /// last verdict), or `down` with `agent_fault_reply = down`.
+    FaultCause {
+        FirstProbePending => "first_probe_pending",
+        TargetLimit => "target_limit",
+        NoProbeSlot => "no_probe_slot",
+        Stale => "stale",
+        ShuttingDown => "shutting_down",
+        Panic => "panic",
+    }
+}
+
+label_values! {
+    /// `panics_total{scope}`: a group, or the whole agent, starting to hold its targets'
+    /// verdicts because most of them fail on the way at once.
+    PanicScope {
+        Group => "group",
+        Agent => "agent",
+    }
+}
+
+label_values! {
     /// `haproxy_connections_refused_total{reason}`: an agent connection closed at once,
     /// over `max_connections` or from outside `allow_sources`.
     RefusedReason {
@@ -239,5 +266,19 @@ impl<L: LabelValue> LabeledCounter<L> {
 
     pub(super) fn collector(&self) -> Box<dyn Collector> {
         Box::new(self.vec.clone())
+    }
+}
+
+impl FaultCause {
+    /// The `check_errors_total` cause of a fault answered `down`, under the same name.
+    pub fn error_type(self) -> ErrorType {
+        match self {
+            FaultCause::FirstProbePending => ErrorType::FirstProbePending,
+            FaultCause::TargetLimit => ErrorType::TargetLimit,
+            FaultCause::NoProbeSlot => ErrorType::NoProbeSlot,
+            FaultCause::Stale => ErrorType::Stale,
+            FaultCause::ShuttingDown => ErrorType::ShuttingDown,
+            FaultCause::Panic => ErrorType::Panic,
+        }
     }
 }

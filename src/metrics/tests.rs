@@ -58,7 +58,7 @@ fn every_label_value_is_exported_from_zero_under_its_name() {
     check(
         "check_requests_total",
         "result",
-        &["up", "down", "drain", "maint", "error"],
+        &["up", "down", "drain", "maint", "error", "silent"],
     );
     let own = [
         "parse_error",
@@ -67,6 +67,9 @@ fn every_label_value_is_exported_from_zero_under_its_name() {
         "target_limit",
         "first_probe_pending",
         "stale",
+        "no_probe_slot",
+        "shutting_down",
+        "panic",
     ];
     check(
         "check_errors_total",
@@ -90,7 +93,20 @@ fn every_label_value_is_exported_from_zero_under_its_name() {
     );
     check("state_transitions_total", "to", &["up", "down"]);
     check("reloads_total", "result", &["applied", "refused"]);
-    assert_eq!(exported.len(), 7, "{:?}", exported.keys());
+    check(
+        "agent_faults_total",
+        "cause",
+        &[
+            "first_probe_pending",
+            "target_limit",
+            "no_probe_slot",
+            "stale",
+            "shutting_down",
+            "panic",
+        ],
+    );
+    check("panics_total", "scope", &["group", "agent"]);
+    assert_eq!(exported.len(), 9, "{:?}", exported.keys());
 }
 
 #[test]

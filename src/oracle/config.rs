@@ -15,12 +15,25 @@ pub struct OracleConfig {
     pub miss_timeout: Duration,
     /// A target nobody has asked about for this long is evicted and its poller stopped.
     pub idle_ttl: Duration,
-    /// Most targets registered at once; requests for more get `down`.
+    /// Most targets registered at once; a request for one more is the agent's fault
+    /// (`target_limit`), not the backend's.
     pub max_targets: usize,
-    /// Answers older than this are not trusted: the poller must be wedged.
+    /// Answers older than this are not trusted: the agent fell behind (`stale`).
     pub stale_after: Duration,
-    /// Probes running at once, across all targets.
+    /// Probes running at once, across all targets; targets whose last probe failed on
+    /// the way may hold at most half of them (see `poll::Shared::in_flight`).
     pub max_probes_in_flight: usize,
+    pub panic: PanicConfig,
+}
+
+/// When a group's transport failures look like the agent's own trouble.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PanicConfig {
+    /// A group panics when more than this percentage of its members fail on the way at
+    /// once; 0 turns panic off.
+    pub threshold: u8,
+    /// Groups smaller than this never panic (a group of one is one backend).
+    pub min_group: usize,
 }
 
 /// How often and how strictly each target is probed.
@@ -43,8 +56,29 @@ pub struct PollerConfig {
     /// layer's keep-alive); a watched target's answer may be this much older than a
     /// polled one's before it reads stale.
     pub liveness_interval: Duration,
-    /// A status change a Watch reports applies at once (rise and fall of 1).
-    pub trust_watch: bool,
+    /// How the backend's explicit unhealthy answers count.
+    pub explicit_answers: ExplicitAnswers,
+}
+
+/// How an explicit unhealthy answer (NOT_SERVING, a gRPC status the backend's handlers
+/// sent) counts toward `fall`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExplicitAnswers {
+    /// It turns the target down at once (Envoy's rule: the host's own word is an active
+    /// failure; only network failures count toward the threshold).
+    AtOnce,
+    /// It counts through `fall` like a failure to get an answer.
+    Counted,
+}
+
+impl ExplicitAnswers {
+    /// The name in settings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExplicitAnswers::AtOnce => "at_once",
+            ExplicitAnswers::Counted => "counted",
+        }
+    }
 }
 
 impl PollerConfig {
@@ -55,22 +89,15 @@ impl PollerConfig {
             fall: self.fall,
             held: None,
             replies: self.replies,
+            explicit_at_once: self.explicit_answers == ExplicitAnswers::AtOnce,
         }
     }
 
-    /// How a Watch stream's statuses count: by the time they hold, or at once with
-    /// `trust_watch`.
+    /// How a Watch stream's statuses count: by the time they hold.
     pub fn watch_rules(&self) -> Rules {
-        let (rise, fall) = if self.trust_watch {
-            (1, 1)
-        } else {
-            (self.rise, self.fall)
-        };
         Rules {
-            rise,
-            fall,
             held: Some(self.interval),
-            replies: self.replies,
+            ..self.probe_rules()
         }
     }
 }

@@ -12,8 +12,10 @@ use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
 use tokio::time::Instant;
 
+use super::AgentFault;
 use super::config::HealthMode;
 use super::health::{Health, Observation, Rules};
+use super::panic::Membership;
 use super::poll::Shared;
 use crate::events::{State, Transition};
 use crate::metrics::Metrics;
@@ -45,6 +47,15 @@ pub struct Entry {
     watched: AtomicBool,
     /// While watched: when the backend was last heard on the stream's connection.
     heard: ArcSwapOption<Heard>,
+    /// When the backend was last heard on the connection of a stream that has ended:
+    /// milliseconds after `registered_at`, plus one (0: never). A target whose stream
+    /// ends is as fresh as its connection was.
+    heard_before_ms: AtomicU64,
+    /// The poller's latest attempt found no probe slot within its deadline: the agent's
+    /// lateness, not the backend's.
+    no_slot: AtomicBool,
+    /// Its place in its panic group.
+    membership: Membership,
 }
 
 /// Up, down, or not known yet.
@@ -75,8 +86,15 @@ pub struct Snapshot {
     pub mode: HealthMode,
     /// The last observation's answer (`SERVING`, ...), if it was one.
     pub serving_status: Option<String>,
-    /// What a request for it is answered now; `None` while the first probe is pending.
+    /// What a request for it is answered now; `None` while the first probe is pending
+    /// or when the agent's own fault leaves it nothing to say.
     pub reply: Option<Reply>,
+    /// The agent's own fault that leaves it without a reply now (`stale: ...`).
+    pub agent_fault: Option<String>,
+    /// Its panic group's name.
+    pub group: String,
+    /// Why its verdict is held now, if its group or the agent panics.
+    pub panic: Option<String>,
     pub last_reason: Option<String>,
     pub last_probe_at: Option<SystemTime>,
     pub last_probe_latency: Option<Duration>,
@@ -130,7 +148,12 @@ impl LoadSnapshot {
 }
 
 impl Entry {
-    pub(super) fn new(target: Target, prober: Arc<dyn TargetProber>, stop: Shutdown) -> Entry {
+    pub(super) fn new(
+        target: Target,
+        prober: Arc<dyn TargetProber>,
+        stop: Shutdown,
+        membership: Membership,
+    ) -> Entry {
         Entry {
             target,
             prober,
@@ -145,6 +168,9 @@ impl Entry {
             refresh: Notify::new(),
             watched: AtomicBool::new(false),
             heard: ArcSwapOption::empty(),
+            heard_before_ms: AtomicU64::new(0),
+            no_slot: AtomicBool::new(false),
+            membership,
         }
     }
 
@@ -178,6 +204,29 @@ impl Entry {
         self.next_due_ms.store(millis, Ordering::Relaxed);
     }
 
+    /// The poller's latest attempt found no probe slot in time.
+    pub(super) fn found_no_slot(&self) {
+        self.no_slot.store(true, Ordering::Relaxed);
+    }
+
+    pub(super) fn lacks_slot(&self) -> bool {
+        self.no_slot.load(Ordering::Relaxed)
+    }
+
+    /// Whether the latest observation failed on the way to the backend (such targets
+    /// share a smaller budget of probe slots).
+    pub(super) fn is_failing(&self) -> bool {
+        self.health
+            .load()
+            .as_deref()
+            .is_some_and(|health| health.last.is_transport_failure())
+    }
+
+    /// Why its verdict is held now, if its group or the agent panics.
+    pub(super) fn panic(&self) -> Option<String> {
+        self.membership.panic()
+    }
+
     pub(super) fn ask_refresh(&self) {
         self.refresh.notify_one();
     }
@@ -195,8 +244,9 @@ impl Entry {
     }
 
     /// The latest answer is fresh if it is at most `limit` old at `now`. A watched
-    /// target's is as fresh as its stream's connection (statuses come only on a change);
-    /// a stream that cannot say is fresh while it is open.
+    /// target's is as fresh as its stream's connection (statuses come only on a change),
+    /// and stays so after the stream ends; a stream that cannot say is fresh while it is
+    /// open.
     pub(super) fn is_stale(
         &self,
         now: Instant,
@@ -207,6 +257,9 @@ impl Entry {
         let mut last = health
             .as_deref()
             .map_or(self.registered_at, |health| health.probed_at);
+        if let Some(heard) = self.heard_before_ms.load(Ordering::Relaxed).checked_sub(1) {
+            last = last.max(self.registered_at + Duration::from_millis(heard));
+        }
         let mut limit = limit;
         if self.watched.load(Ordering::Relaxed) {
             match self.heard.load().as_deref() {
@@ -260,6 +313,9 @@ impl Entry {
                 at: SystemTime::now(),
             });
         }
+        self.membership
+            .set_failing(health.last.is_transport_failure());
+        self.no_slot.store(false, Ordering::Relaxed);
         self.health.store(Some(Arc::new(health)));
         if previous.is_none() {
             self.first_result.notify_waiters();
@@ -267,8 +323,18 @@ impl Entry {
         self.published.notify_waiters();
     }
 
-    /// The target as it is at `now`; `reply` is what the oracle would answer.
-    pub(super) fn snapshot(&self, now: Instant, shared: &Shared, reply: Option<Reply>) -> Snapshot {
+    /// The target as it is at `now`; `answer` is what the oracle would answer.
+    pub(super) fn snapshot(
+        &self,
+        now: Instant,
+        shared: &Shared,
+        answer: Option<Result<Reply, AgentFault>>,
+    ) -> Snapshot {
+        let (reply, agent_fault) = match answer {
+            None => (None, None),
+            Some(Ok(reply)) => (Some(reply), None),
+            Some(Err(fault)) => (None, Some(fault.reason)),
+        };
         let health = self.health.load_full();
         let health = health.as_deref();
         let times_asked = self.times_asked.load(Ordering::Relaxed);
@@ -292,6 +358,9 @@ impl Entry {
                 .and_then(Health::serving_status)
                 .map(|status| status.to_string()),
             reply,
+            agent_fault,
+            group: self.membership.group_name().to_string(),
+            panic: self.membership.panic(),
             last_reason: health.map(|health| health.last.reason()),
             last_probe_at: health.map(|health| wall(health.probed_at)),
             last_probe_latency: health.map(|health| health.latency),
@@ -338,8 +407,16 @@ impl<'a> Watching<'a> {
 
 impl Drop for Watching<'_> {
     fn drop(&mut self) {
-        self.entry.watched.store(false, Ordering::Relaxed);
-        self.entry.heard.store(None);
+        let entry = self.entry;
+        // Kept before the target stops counting as watched, so no reply in between finds
+        // it older than its connection was.
+        if let Some(heard) = entry.heard.load().as_deref() {
+            let since = heard.at().saturating_duration_since(entry.registered_at);
+            let millis = u64::try_from(since.as_millis()).unwrap_or(u64::MAX - 1);
+            entry.heard_before_ms.store(millis + 1, Ordering::Relaxed);
+        }
+        entry.watched.store(false, Ordering::Relaxed);
+        entry.heard.store(None);
         self.metrics.probes.watch_streams_active.dec();
     }
 }

@@ -6,6 +6,11 @@
 //! one observation per probe. A Watch stream makes one when a status arrives and one per
 //! interval while it holds, counted from the time held (so a status that holds costs no
 //! wake-up): a status that arrived at `t` turns the state at `t + (N - 1) × interval`.
+//!
+//! The backend's own word is not noise: an explicit unhealthy answer (NOT_SERVING, or a
+//! gRPC status its handlers sent) turns an up target down at once when the rules say so
+//! (`explicit_at_once`, the default); only failures to get an answer count through
+//! `fall`. `rise` always counts the way back up.
 
 use std::time::Duration;
 
@@ -36,6 +41,9 @@ pub struct Rules {
     /// `None` for probes: each counts once.
     pub held: Option<Duration>,
     pub replies: ReplyPolicy,
+    /// An explicit unhealthy answer turns the state down at once instead of counting
+    /// through `fall`.
+    pub explicit_at_once: bool,
 }
 
 /// The run of observations that agree (healthy or not) up to the latest.
@@ -76,6 +84,9 @@ pub struct Health {
     /// up to `rise`, it is answered with this outcome's verdict, so a drained backend
     /// stays drained (not down) until it is up again.
     pub last_failure: Option<Outcome>,
+    /// While the latest observations are transport failures: the verdict answered just
+    /// before the first of them (`None` if there was none). A panic holds it.
+    pub outage_from: Option<Verdict>,
     streak: Streak,
     /// The rules the latest observation was counted under.
     rules: Rules,
@@ -88,6 +99,7 @@ impl Health {
         Health {
             up: healthy,
             last_failure: (!healthy).then(|| observation.outcome.clone()),
+            outage_from: None,
             streak: Streak {
                 healthy,
                 since: observation.at,
@@ -126,9 +138,18 @@ impl Health {
         } else {
             Some(observation.outcome.clone())
         };
+        let outage_from = match (
+            observation.outcome.is_transport_failure(),
+            self.last.is_transport_failure(),
+        ) {
+            (false, _) => None,
+            (true, true) => self.outage_from,
+            (true, false) => Some(self.reply(&self.rules.replies, observation.at).verdict),
+        };
         let health = Health {
             up: self.up,
             last_failure,
+            outage_from,
             streak,
             last: observation.outcome,
             probed_at: observation.at,
@@ -177,6 +198,7 @@ impl Health {
     fn earned_up(&self, now: Instant) -> bool {
         let count = self.streak.count(now, self.rules.held);
         match (self.up, self.streak.healthy) {
+            (true, false) if self.rules.explicit_at_once && self.last.is_explicit() => false,
             (true, false) => count < self.rules.fall,
             (false, true) => count >= self.rules.rise,
             (up, _) => up,

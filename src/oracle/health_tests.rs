@@ -18,14 +18,31 @@ fn policy(not_serving: Verdict, unimplemented: Verdict) -> ReplyPolicy {
     }
 }
 
-/// Probes with rise 2, fall 3.
+/// Probes with rise 2, fall 3, every failure counted through fall (`explicit_answers =
+/// counted`): the counting itself is what most tables here study.
 fn probes(replies: ReplyPolicy) -> Rules {
     Rules {
         rise: 2,
         fall: 3,
         held: None,
         replies,
+        explicit_at_once: false,
     }
+}
+
+/// The defaults: rise 2, fall 3, and the backend's own unhealthy answer at once.
+fn at_once() -> Rules {
+    Rules {
+        explicit_at_once: true,
+        ..probes(policy(Verdict::Down, Verdict::Down))
+    }
+}
+
+fn status(code: crate::probe::Code) -> Outcome {
+    Outcome::Failed(ProbeError::Status {
+        code,
+        message: String::new(),
+    })
 }
 
 /// A Watch stream's statuses with rise 2, fall 3, counted by the time they hold.
@@ -278,6 +295,105 @@ fn a_trusted_status_applies_at_once() {
     let up = Health::first(observation(serving(), start), &rules);
     let down = up.next(observation(not_serving(), start), &rules);
     assert!(!down.up);
+}
+
+#[test]
+fn the_backends_own_word_turns_it_down_at_once_and_rise_still_counts_back() {
+    check_with(
+        &at_once(),
+        &[serving(), not_serving(), serving(), serving()],
+        &[
+            "up #SERVING 0.7ms",
+            "down #NOT_SERVING",
+            "down #SERVING 0.7ms (1/2 to up)",
+            "up #SERVING 0.7ms",
+        ],
+    );
+}
+
+#[test]
+fn a_status_the_handlers_sent_is_explicit_and_one_the_transport_made_is_counted() {
+    use crate::probe::Code;
+    check_with(
+        &at_once(),
+        &[serving(), status(Code::NotFound)],
+        &["up #SERVING 0.7ms", "down #grpc NOT_FOUND"],
+    );
+    check_with(
+        &at_once(),
+        &[
+            serving(),
+            status(Code::Unavailable),
+            status(Code::Unavailable),
+        ],
+        &[
+            "up #SERVING 0.7ms",
+            "up #grpc UNAVAILABLE (1/3 to down)",
+            "up #grpc UNAVAILABLE (2/3 to down)",
+        ],
+    );
+}
+
+#[test]
+fn transport_failures_count_through_fall_until_the_backend_speaks() {
+    check_with(
+        &at_once(),
+        &[serving(), refused(), not_serving()],
+        &[
+            "up #SERVING 0.7ms",
+            "up #connection refused (1/3 to down)",
+            "down #NOT_SERVING",
+        ],
+    );
+}
+
+#[test]
+fn a_watched_not_serving_applies_at_once() {
+    let rules = Rules {
+        held: Some(INTERVAL),
+        ..at_once()
+    };
+    let start = Instant::now();
+    let up = Health::first(observation(serving(), start), &rules);
+    let down = up.next(observation(not_serving(), start + INTERVAL / 10), &rules);
+    assert!(!down.up);
+    assert_eq!(down.flip_due(), None);
+}
+
+#[test]
+fn an_outage_remembers_the_verdict_before_its_first_failure() {
+    let rules = at_once();
+    let start = Instant::now();
+    let at = |n: u32| start + INTERVAL * n;
+    let up = Health::first(observation(serving(), at(0)), &rules);
+    assert_eq!(up.outage_from, None);
+    let mut health = up.next(observation(refused(), at(1)), &rules);
+    for n in 2..6 {
+        assert_eq!(health.outage_from, Some(Verdict::Up));
+        health = health.next(observation(refused(), at(n)), &rules);
+    }
+    assert!(!health.up);
+    assert_eq!(
+        health.outage_from,
+        Some(Verdict::Up),
+        "held across the flip"
+    );
+    // The backend's own word ends the outage; a later one starts from down.
+    let said = health.next(observation(not_serving(), at(7)), &rules);
+    assert_eq!(said.outage_from, None);
+    let cut = said.next(observation(refused(), at(8)), &rules);
+    assert_eq!(cut.outage_from, Some(Verdict::Down));
+    // A first result that fails on the way has no verdict before it.
+    let fresh = Health::first(observation(refused(), at(0)), &rules);
+    assert_eq!(fresh.outage_from, None);
+    let drained = policy(Verdict::Drain, Verdict::Down);
+    let rules = Rules {
+        replies: drained,
+        ..rules
+    };
+    let drain = Health::first(observation(not_serving(), at(0)), &rules);
+    let cut = drain.next(observation(refused(), at(1)), &rules);
+    assert_eq!(cut.outage_from, Some(Verdict::Drain));
 }
 
 #[test]

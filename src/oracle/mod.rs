@@ -4,15 +4,22 @@
 //! first probe, which concurrent misses share. Idle targets are evicted, which stops their
 //! pollers.
 //!
+//! Only the backend, or the request line, earns a `down`. When the agent itself cannot say
+//! (a first probe still pending, a full cache, no probe slot, a result gone stale because
+//! the agent fell behind, shutting down, a panic with no verdict to hold) the answer is an
+//! [`AgentFault`], which the agent port answers with silence by default.
+//!
 //! - [`config`]: the settings.
 //! - [`entry`]: one target's state, and the [`Snapshot`] everyone else reads.
 //! - [`health`]: hysteresis, pure.
 //! - [`poll`]: a target's poller (Check every interval) and what pollers share.
 //! - [`watch`]: following a Health/Watch stream.
+//! - [`panic`]: groups whose failures look like the agent's own, and hold their verdicts.
 
 mod config;
 mod entry;
 mod health;
+mod panic;
 mod poll;
 mod watch;
 
@@ -22,21 +29,43 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use moka::notification::RemovalCause;
-use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
-pub use config::{HealthMode, OracleConfig, PollerConfig, ReplyPolicy};
+pub use config::{
+    ExplicitAnswers, HealthMode, OracleConfig, PanicConfig, PollerConfig, ReplyPolicy,
+};
 pub use entry::{LoadSnapshot, Snapshot, Status};
 pub use health::format_latency;
 pub use poll::PROBE_SLOT;
 
 use crate::events::Events;
+pub use crate::metrics::FaultCause;
 use crate::metrics::{ErrorType, EvictionCause, Metrics, OutcomeKind};
 use crate::probe::{LoadWeight, Probe};
 use crate::protocol::{Reply, Target, Verdict};
 use crate::shutdown::Shutdown;
 use entry::Entry;
+use panic::Panics;
+
+/// Why the oracle has no word from the backend for a request: a trouble of the agent's
+/// own. HAProxy keeps its last verdict for an agent that closes without a reply, so the
+/// agent port answers this with silence unless told to answer `down`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentFault {
+    pub cause: FaultCause,
+    /// What a strict `down` reply would say.
+    pub reason: String,
+}
+
+impl AgentFault {
+    fn new(cause: FaultCause, reason: impl Into<String>) -> AgentFault {
+        AgentFault {
+            cause,
+            reason: reason.into(),
+        }
+    }
+}
 
 /// A cheap, cloneable handle on the oracle. Pollers stop on eviction and on shutdown.
 #[derive(Clone)]
@@ -52,6 +81,7 @@ struct Inner {
     /// What the pollers share, their settings included.
     pollers: Arc<poll::Shared>,
     registered: Arc<AtomicUsize>,
+    panics: Arc<Panics>,
     metrics: Metrics,
     shutdown: Shutdown,
     tasks: TaskTracker,
@@ -91,14 +121,13 @@ impl Oracle {
                 evict_metrics.evicted(cause);
             })
             .build();
-        let pollers = Arc::new(poll::Shared {
-            config: ArcSwap::from_pointee(config.poller),
-            reconfigured: Notify::new(),
-            permits: Semaphore::new(config.max_probes_in_flight),
-            metrics: metrics.clone(),
+        let panics = Arc::new(Panics::new(config.panic, metrics.clone(), events.clone()));
+        let pollers = Arc::new(poll::Shared::new(
+            config.poller,
+            config.max_probes_in_flight,
+            metrics.clone(),
             events,
-            epoch: Instant::now(),
-        });
+        ));
         let oracle = Oracle {
             inner: Arc::new(Inner {
                 cache,
@@ -106,6 +135,7 @@ impl Oracle {
                 config: ArcSwap::from_pointee(config),
                 pollers,
                 registered,
+                panics,
                 metrics,
                 shutdown,
                 tasks: TaskTracker::new(),
@@ -121,20 +151,17 @@ impl Oracle {
     }
 
     /// The reply for `target`: from the cache on a hit, after at most the miss timeout on
-    /// a miss.
-    pub async fn ask(&self, target: Target) -> Reply {
+    /// a miss; or the agent's own fault when it has no word from the backend.
+    pub async fn ask(&self, target: Target) -> Result<Reply, AgentFault> {
         let asked_at = Instant::now();
+        if self.inner.shutdown.is_triggered() {
+            return Err(AgentFault::new(FaultCause::ShuttingDown, "shutting down"));
+        }
         if let Err(denied) = self.inner.probe.admits(&target) {
             self.inner.metrics.error(ErrorType::Denied);
-            return Reply::down(denied.to_string());
+            return Ok(Reply::down(denied.to_string()));
         }
-        let entry = match self.lookup_or_register(target) {
-            Ok(entry) => entry,
-            Err(reply) => {
-                self.inner.metrics.error(ErrorType::TargetLimit);
-                return reply;
-            }
-        };
+        let entry = self.lookup_or_register(target)?;
         entry.asked(self.inner.pollers.millis(asked_at));
         if let Some(reply) = self.answer_now(&entry, asked_at) {
             return reply;
@@ -152,8 +179,11 @@ impl Oracle {
             Err(_) => None,
         };
         answered.unwrap_or_else(|| {
-            self.inner.metrics.error(ErrorType::FirstProbePending);
-            Reply::down("first probe pending")
+            Err(if entry.lacks_slot() {
+                AgentFault::new(FaultCause::NoProbeSlot, "first probe found no probe slot")
+            } else {
+                AgentFault::new(FaultCause::FirstProbePending, "first probe pending")
+            })
         })
     }
 
@@ -183,8 +213,10 @@ impl Oracle {
     }
 
     fn snapshot_of(&self, entry: &Entry, now: Instant) -> Snapshot {
-        let reply = self.reply_for(entry, now).map(|(reply, _)| reply);
-        entry.snapshot(now, &self.inner.pollers, reply)
+        let answer = self
+            .answer_at(entry, now)
+            .map(|answer| answer.map(|answer| answer.reply));
+        entry.snapshot(now, &self.inner.pollers, answer)
     }
 
     /// Removes a target and stops its poller; false if it was not registered.
@@ -236,6 +268,7 @@ impl Oracle {
     /// their state; the idle TTL and the probes-in-flight bound are fixed at start.
     pub fn reconfigure(&self, config: OracleConfig) {
         self.inner.pollers.config.store(Arc::new(config.poller));
+        self.inner.panics.reconfigure(config.panic);
         self.inner.config.store(Arc::new(config));
         self.inner.pollers.reconfigured.notify_waiters();
     }
@@ -255,7 +288,7 @@ impl Oracle {
         self.inner.tasks.wait().await
     }
 
-    fn lookup_or_register(&self, target: Target) -> Result<Arc<Entry>, Reply> {
+    fn lookup_or_register(&self, target: Target) -> Result<Arc<Entry>, AgentFault> {
         let inner = &self.inner;
         if let Some(entry) = inner.cache.get(&target) {
             inner.metrics.cache.hits.inc();
@@ -265,7 +298,8 @@ impl Oracle {
         let max = inner.config.load().max_targets;
         if inner.registered.fetch_add(1, Ordering::Relaxed) >= max {
             inner.registered.fetch_sub(1, Ordering::Relaxed);
-            return Err(Reply::down(format!("target limit reached ({max})")));
+            let reason = format!("target limit reached ({max})");
+            return Err(AgentFault::new(FaultCause::TargetLimit, reason));
         }
         let entry = inner
             .cache
@@ -292,29 +326,43 @@ impl Oracle {
 
     fn new_entry(&self, target: Target) -> Entry {
         let prober = self.inner.probe.prober(&target);
-        Entry::new(target, prober, self.inner.shutdown.child())
+        let membership = self.inner.panics.join(&target);
+        Entry::new(target, prober, self.inner.shutdown.child(), membership)
     }
 
-    /// The reply if one can be given without waiting: the cached health, or `stale` when
-    /// no probe has completed for too long.
-    fn answer_now(&self, entry: &Entry, now: Instant) -> Option<Reply> {
-        let (reply, error_type) = self.reply_for(entry, now)?;
-        if let Some(error_type) = error_type {
+    /// The answer if one can be given without waiting, counted in the metrics: the cached
+    /// health, or the agent's fault when its result is stale or held by a panic without a
+    /// verdict.
+    fn answer_now(&self, entry: &Entry, now: Instant) -> Option<Result<Reply, AgentFault>> {
+        let answer = match self.answer_at(entry, now)? {
+            Ok(answer) => answer,
+            Err(fault) => return Some(Err(fault)),
+        };
+        if let Some(error_type) = answer.error_type {
             self.inner.metrics.error(error_type);
         }
-        Some(reply)
+        if answer.held {
+            self.inner.metrics.probes.panic_replies.inc();
+        }
+        Some(Ok(answer.reply))
     }
 
-    /// The reply from the cached health, or `stale` when no probe has completed for too
-    /// long, with the cause when it is not `up`.
-    fn reply_for(&self, entry: &Entry, now: Instant) -> Option<(Reply, Option<ErrorType>)> {
+    /// The answer from the cached health at `now`; `None` before the first result.
+    fn answer_at(&self, entry: &Entry, now: Instant) -> Option<Result<Answer, AgentFault>> {
         let config = self.inner.config.load();
         // A watched target's answer comes over a connection proven alive once per
-        // liveness interval, so it may be that much older.
+        // liveness interval, so it may be that much older. Every probe ends within its
+        // deadline, with the backend's answer or a failure counted through `fall`, so an
+        // answer older than this means the agent fell behind: its fault, not the backend's.
         let watched_limit = config.stale_after + config.poller.liveness_interval;
         if let Some(age) = entry.is_stale(now, config.stale_after, watched_limit) {
-            let reply = Reply::down(format!("stale: no probe for {}", format_latency(age)));
-            return Some((reply, Some(ErrorType::Stale)));
+            let cause = if entry.lacks_slot() {
+                FaultCause::NoProbeSlot
+            } else {
+                FaultCause::Stale
+            };
+            let reason = format!("stale: no probe result for {}", format_latency(age));
+            return Some(Err(AgentFault::new(cause, reason)));
         }
         let health = entry.health()?;
         // A held status that has earned its flip is answered flipped, even in the moment
@@ -324,14 +372,60 @@ impl Oracle {
         let mut reply = health.reply(&config.poller.replies, now);
         if reply.verdict == Verdict::Up {
             with_weight(&mut reply, entry.prober().weight(now));
+            return Some(Ok(Answer::plain(reply, None)));
         }
-        let error_type = if reply.verdict == Verdict::Up {
-            None
-        } else {
-            OutcomeKind::of(health.last_failure.as_ref().unwrap_or(&health.last)).error_type()
-        };
-        Some((reply, error_type))
+        let failure = health.last_failure.as_ref().unwrap_or(&health.last);
+        let answer = Answer::plain(reply, OutcomeKind::of(failure).error_type());
+        if health.last.is_transport_failure()
+            && let Some(panic) = entry.panic()
+        {
+            return Some(held(answer, health, &config.poller.replies, &panic));
+        }
+        Some(Ok(answer))
     }
+}
+
+/// A reply, what it counts as, and whether a panic held it.
+struct Answer {
+    reply: Reply,
+    error_type: Option<ErrorType>,
+    held: bool,
+}
+
+impl Answer {
+    fn plain(reply: Reply, error_type: Option<ErrorType>) -> Answer {
+        Answer {
+            reply,
+            error_type,
+            held: false,
+        }
+    }
+}
+
+/// The answer for a target whose group (or the agent) panics while its latest probes fail
+/// on the way: the verdict it had before they began, or the agent's fault if it had none.
+fn held(
+    answer: Answer,
+    health: &health::Health,
+    policy: &ReplyPolicy,
+    panic: &str,
+) -> Result<Answer, AgentFault> {
+    let Some(verdict) = health.outage_from else {
+        let reason = format!("panic: {panic}; no verdict to hold");
+        return Err(AgentFault::new(FaultCause::Panic, reason));
+    };
+    if verdict == answer.reply.verdict {
+        return Ok(answer);
+    }
+    let reason = format!("panic: {panic}; held ({})", answer.reply.reason);
+    Ok(Answer {
+        reply: Reply {
+            ready: verdict == Verdict::Up && policy.not_serving != Verdict::Down,
+            ..Reply::new(verdict, reason)
+        },
+        error_type: None,
+        held: true,
+    })
 }
 
 /// An `up` reply with the weight the backend's load reports give, and the utilization it

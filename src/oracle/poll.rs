@@ -4,10 +4,12 @@
 //! together, and it stops with the entry (eviction, shutdown).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::sync::{Notify, Semaphore};
+
 use tokio::time::Instant;
 
 use super::config::PollerConfig;
@@ -26,7 +28,13 @@ pub struct Shared {
     /// Wakes waiting pollers after a reload so they re-plan with the new settings.
     pub reconfigured: Notify,
     /// `max_probes_in_flight`.
-    pub permits: Semaphore,
+    permits: Semaphore,
+    /// The share of `permits` that targets whose latest probe failed on the way may hold
+    /// (half, at least one): backends that never answer cannot take every slot from
+    /// those that do.
+    failing_permits: Semaphore,
+    /// Probes are finding no slot in time (logged once when it starts and when it ends).
+    starved: AtomicBool,
     pub metrics: Metrics,
     pub events: Events,
     /// The zero of the entries' millisecond clocks.
@@ -40,6 +48,24 @@ pub struct Shared {
 pub const PROBE_SLOT: Duration = Duration::from_millis(25);
 
 impl Shared {
+    pub fn new(
+        config: PollerConfig,
+        max_probes_in_flight: usize,
+        metrics: Metrics,
+        events: Events,
+    ) -> Shared {
+        Shared {
+            config: ArcSwap::from_pointee(config),
+            reconfigured: Notify::new(),
+            permits: Semaphore::new(max_probes_in_flight),
+            failing_permits: Semaphore::new(max_probes_in_flight.div_ceil(2)),
+            starved: AtomicBool::new(false),
+            metrics,
+            events,
+            epoch: Instant::now(),
+        }
+    }
+
     /// The first slot boundary at or after `due`.
     pub fn slotted(&self, due: Instant) -> Instant {
         let slot = PROBE_SLOT.as_nanos();
@@ -53,19 +79,37 @@ impl Shared {
         at.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
-    /// A probes-in-flight permit, counted in `probes_in_flight` while held. The guard
-    /// gives both back however the probe ends, cancelled by an eviction included.
-    pub(super) async fn in_flight(&self) -> InFlight<'_> {
-        let permit = self
-            .permits
-            .acquire()
-            .await
-            .expect("the probe semaphore is never closed");
-        self.metrics.probes.in_flight.inc();
-        InFlight {
-            _permit: permit,
-            gauge: &self.metrics.probes.in_flight,
+    /// A probes-in-flight permit within `wait`, counted in `probes_in_flight` while held;
+    /// a `failing` target's also takes one of the failing share. The guard gives them back
+    /// however the probe ends, cancelled by an eviction included. `None` when no slot
+    /// came in time: the agent is late, which is no observation of the backend.
+    pub(super) async fn in_flight(&self, wait: Duration, failing: bool) -> Option<InFlight<'_>> {
+        let acquire = async {
+            let failing = match failing {
+                true => Some(self.failing_permits.acquire().await.ok()?),
+                false => None,
+            };
+            let permit = self.permits.acquire().await.ok()?;
+            Some((permit, failing))
+        };
+        let Ok(Some((permit, failing))) = tokio::time::timeout(wait, acquire).await else {
+            if !self.starved.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    wait_ms = wait.as_millis() as u64,
+                    "probes find no slot in time (max_probes_in_flight); their targets keep their last verdicts, and stale ones get no reply"
+                );
+            }
+            return None;
+        };
+        if self.starved.swap(false, Ordering::Relaxed) {
+            tracing::info!("probes find slots again");
         }
+        self.metrics.probes.in_flight.inc();
+        Some(InFlight {
+            _permit: permit,
+            _failing: failing,
+            gauge: &self.metrics.probes.in_flight,
+        })
     }
 
     /// The instant `millis` after the epoch.
@@ -77,6 +121,7 @@ impl Shared {
 /// A probe's slot among `max_probes_in_flight`; see [`Shared::in_flight`].
 pub(super) struct InFlight<'a> {
     _permit: tokio::sync::SemaphorePermit<'a>,
+    _failing: Option<tokio::sync::SemaphorePermit<'a>>,
     gauge: &'a prometheus::IntGauge,
 }
 
@@ -138,7 +183,14 @@ async fn poll(
 ) {
     // Read once per round, so a reload applies from the next probe on.
     let config = **shared.config.load();
-    let (observation, started) = probe_once(prober, config.probe_deadline, shared).await;
+    let Some((observation, started)) =
+        probe_once(entry, prober, config.probe_deadline, shared).await
+    else {
+        // No slot in time: no observation, and the next poll an interval on.
+        schedule.last_due = schedule.due;
+        schedule.due = next_due(schedule.last_due, &config, Instant::now());
+        return;
+    };
     if matches!(observation.outcome, Outcome::Answered(_)) {
         watch.check_answered();
     }
@@ -175,13 +227,18 @@ async fn wait(entry: &Entry, shared: &Shared, watch: &WatchPlan, schedule: &mut 
 }
 
 /// One Check within `deadline`, holding a probes-in-flight permit, counted in the metrics.
-/// Returns what it found and when it started.
+/// Returns what it found and when it started; `None` (and the entry marked) when no
+/// permit came within `deadline` either.
 pub(super) async fn probe_once(
+    entry: &Entry,
     prober: &dyn TargetProber,
     deadline: Duration,
     shared: &Shared,
-) -> (Observation, Instant) {
-    let in_flight = shared.in_flight().await;
+) -> Option<(Observation, Instant)> {
+    let Some(in_flight) = shared.in_flight(deadline, entry.is_failing()).await else {
+        entry.found_no_slot();
+        return None;
+    };
     let metrics = &shared.metrics;
     let started = Instant::now();
     let outcome = match tokio::time::timeout(deadline, prober.check()).await {
@@ -197,7 +254,7 @@ pub(super) async fn probe_once(
         at: started + latency,
         latency,
     };
-    (observation, started)
+    Some((observation, started))
 }
 
 /// The next probe is one jittered interval after the previous one was due; a probe that

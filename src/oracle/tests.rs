@@ -69,14 +69,25 @@ fn config(max_probes_in_flight: usize) -> OracleConfig {
             },
             mode: HealthMode::Poll,
             liveness_interval: Duration::from_secs(10),
-            trust_watch: false,
+            explicit_answers: super::ExplicitAnswers::AtOnce,
         },
         miss_timeout: Duration::from_millis(800),
         idle_ttl: Duration::from_secs(600),
         max_targets: 100,
         stale_after: Duration::from_secs(5),
         max_probes_in_flight,
+        panic: super::PanicConfig {
+            threshold: 50,
+            min_group: 3,
+        },
     }
+}
+
+fn fault(cause: FaultCause, reason: &str) -> Result<Reply, AgentFault> {
+    Err(AgentFault {
+        cause,
+        reason: reason.to_string(),
+    })
 }
 
 fn oracle(answered: usize, max_probes_in_flight: usize) -> (Oracle, Arc<AtomicUsize>) {
@@ -107,28 +118,45 @@ async fn a_miss_waits_exactly_the_miss_timeout() {
     let started = Instant::now();
     assert_eq!(
         oracle.ask(target("a")).await,
-        Reply::down("first probe pending")
+        fault(FaultCause::FirstProbePending, "first probe pending")
     );
     assert_eq!(started.elapsed(), Duration::from_millis(800));
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_wedged_poller_reads_as_stale() {
+async fn a_wedged_poller_is_the_agents_fault_not_the_backends() {
     let (oracle, _) = oracle(1, 8);
+    let up = |answer: Result<Reply, AgentFault>| answer.unwrap().verdict;
     assert_eq!(
-        oracle.ask(target("a")).await.verdict,
+        up(oracle.ask(target("a")).await),
         crate::protocol::Verdict::Up
     );
     // The second probe (due at 1 s) never finishes; before 5 s the answer stands.
     tokio::time::sleep(Duration::from_millis(4900)).await;
     assert_eq!(
-        oracle.ask(target("a")).await.verdict,
+        up(oracle.ask(target("a")).await),
         crate::protocol::Verdict::Up
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         oracle.ask(target("a")).await,
-        Reply::down("stale: no probe for 5100ms")
+        fault(FaultCause::Stale, "stale: no probe result for 5100ms")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_cache_is_the_agents_fault() {
+    let (oracle, _) = oracle(usize::MAX, 8);
+    oracle.reconfigure(OracleConfig {
+        max_targets: 2,
+        ..config(8)
+    });
+    for service in ["a", "b"] {
+        assert!(oracle.ask(target(service)).await.is_ok());
+    }
+    assert_eq!(
+        oracle.ask(target("c")).await,
+        fault(FaultCause::TargetLimit, "target limit reached (2)")
     );
 }
 
@@ -142,7 +170,7 @@ async fn probes_in_flight_never_exceed_the_bound() {
         })
         .collect();
     for ask in asks {
-        assert_eq!(ask.await.unwrap(), Reply::down("first probe pending"));
+        assert!(ask.await.unwrap().is_err(), "no probe answered");
     }
     assert_eq!(oracle.len(), 6);
     assert_eq!(most_running.load(Ordering::SeqCst), 2);
@@ -164,7 +192,7 @@ async fn shutdown_stops_every_poller() {
         Events::new(16),
     );
     for i in 0..3 {
-        oracle.ask(target(&format!("s{i}"))).await;
+        let _ = oracle.ask(target(&format!("s{i}"))).await;
     }
     shutdown.trigger();
     tokio::time::timeout(Duration::from_secs(1), oracle.stopped())

@@ -39,6 +39,8 @@ pub(super) enum Ended {
     Failed(ProbeError),
     /// A Check asked for while watched (a refresh) failed.
     CheckFailed(ProbeError),
+    /// No probe slot came in time to open it: the agent's lateness, no observation.
+    NoSlot,
 }
 
 /// One attempt at following a stream.
@@ -85,6 +87,7 @@ impl WatchPlan {
                 tracing::debug!(target_line = %target, %error, "watch stream ended; polling until it is open again");
                 self.back_off(session.opened);
             }
+            Ended::NoSlot => self.back_off(false),
             Ended::CheckFailed(error) => {
                 tracing::debug!(target_line = %target, %error, "check failed while watched; polling until a check answers");
                 self.back_off(session.opened);
@@ -108,7 +111,7 @@ impl WatchPlan {
 /// while watched fails. Cancel safe: dropping it closes the stream.
 pub(super) async fn follow(entry: &Entry, prober: &dyn TargetProber, shared: &Shared) -> Session {
     let config = **shared.config.load();
-    let (mut stream, first) = match open(prober, config.probe_deadline, shared).await {
+    let (mut stream, first) = match open(entry, prober, config.probe_deadline, shared).await {
         Ok(opened) => opened,
         Err(end) => {
             return Session { end, opened: false };
@@ -143,7 +146,9 @@ pub(super) async fn follow(entry: &Entry, prober: &dyn TargetProber, shared: &Sh
                 entry.settle(Instant::now(), shared);
             }
             _ = entry.refresh_asked() => {
-                let (observation, _) = probe_once(prober, config.probe_deadline, shared).await;
+                let Some((observation, _)) = probe_once(entry, prober, config.probe_deadline, shared).await else {
+                    continue;
+                };
                 if let Outcome::Failed(error) = observation.outcome {
                     break Ended::CheckFailed(error);
                 }
@@ -158,11 +163,15 @@ pub(super) async fn follow(entry: &Entry, prober: &dyn TargetProber, shared: &Sh
 /// Opens a stream and reads its first status, as one probe: within the probe deadline,
 /// holding a probes-in-flight permit, counted in the metrics.
 async fn open(
+    entry: &Entry,
     prober: &dyn TargetProber,
     deadline: Duration,
     shared: &Shared,
 ) -> Result<(WatchStream, Observation), Ended> {
-    let in_flight = shared.in_flight().await;
+    let Some(in_flight) = shared.in_flight(deadline, entry.is_failing()).await else {
+        entry.found_no_slot();
+        return Err(Ended::NoSlot);
+    };
     let metrics = &shared.metrics;
     let started = Instant::now();
     let opening = async {
