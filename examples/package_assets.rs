@@ -440,18 +440,28 @@ const TABLE_EXAMPLES: &[(&str, &[&str])] = &[
     ("log_modules", &[r#""haproxy_grpc_agent::probe" = "debug""#]),
 ];
 
+/// Settings still accepted but no longer used: a new configuration does not show them.
+pub fn is_deprecated(spec: &Spec) -> bool {
+    spec::DEPRECATED.iter().any(|(key, _)| *key == spec.key)
+}
+
 /// Settings whose values are often credentials: the file should stay private.
 fn holds_credentials(spec: &Spec) -> bool {
     spec::is_secret(spec.key) || spec.key == "grpc_metadata"
 }
 
-/// The commented default configuration: every flat setting, grouped as `--help` groups
-/// them, then the tables of the map settings (TOML tables come after flat keys).
+/// The commented default configuration: every flat setting but the deprecated ones,
+/// grouped as `--help` groups them, then the tables of the map settings (TOML tables come
+/// after flat keys).
 pub fn render_config() -> String {
     let mut out = String::from(CONFIG_HEADER);
     let headings = help_headings();
     let mut current = None;
-    for (spec, heading) in SETTINGS.iter().zip(headings) {
+    let current_settings = SETTINGS
+        .iter()
+        .zip(headings)
+        .filter(|(spec, _)| !is_deprecated(spec));
+    for (spec, heading) in current_settings {
         if heading != current {
             if let Some(title) = &heading {
                 out.push_str(&banner(title));

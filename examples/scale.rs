@@ -84,8 +84,13 @@ struct Args {
     #[arg(long)]
     detect: bool,
     /// With --detect: the agent's modes to compare, one agent after the other on the same
-    /// farm (`poll`, `watch`, `watch-trust`).
-    #[arg(long, value_delimiter = ',', default_value = "poll,watch,watch-trust")]
+    /// farm (`poll`, `watch`: the defaults, a backend's own answer at once;
+    /// `poll-counted`, `watch-counted`: `--explicit-answers counted`).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "poll,watch,watch-counted"
+    )]
     modes: Vec<String>,
     /// Serve ORCA load reports from every backend and run each binary without and then
     /// with `--orca-weights true`, comparing the two idle windows.
@@ -300,8 +305,9 @@ fn detect_modes(
         let extra: &[&str] = match mode.as_str() {
             "poll" => &["--health-mode", "poll"],
             "watch" => &["--health-mode", "watch"],
-            "watch-trust" => &["--health-mode", "watch", "--trust-watch"],
-            other => panic!("unknown mode {other}; use poll, watch or watch-trust"),
+            "poll-counted" => &["--health-mode", "poll", "--explicit-answers", "counted"],
+            "watch-counted" => &["--health-mode", "watch", "--explicit-answers", "counted"],
+            other => panic!("unknown mode {other}; use poll, watch, poll-counted or watch-counted"),
         };
         let mut agent = spawn_agent_with(args, &args.agent[0], targets, extra);
         client.block_on(load::warm_up(agent.addr, lines));

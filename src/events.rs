@@ -60,7 +60,7 @@ pub struct WeightChange {
 pub const WEIGHT_EVENT_STEP: u16 = 10;
 
 /// A group, or the whole agent, starting or ending a panic: holding its failing targets'
-/// last verdicts because most of them fail on the way at once.
+/// last verdicts because most of them cannot be reached at once.
 #[derive(Clone, Debug)]
 pub struct PanicChange {
     /// `group` or `agent`.

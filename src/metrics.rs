@@ -305,7 +305,7 @@ impl ProbeMetrics {
             ))?,
             panics_active: IntGauge::with_opts(opts(
                 "panics_active",
-                "Groups (and the agent as a whole) holding their targets' verdicts now, because most of their targets fail on the way at once",
+                "Groups (and the agent as a whole) holding their targets' verdicts now, because most of their targets cannot be reached at once",
             ))?,
             panics: LabeledCounter::new(
                 opts(

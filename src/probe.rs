@@ -261,6 +261,12 @@ impl Outcome {
         matches!(self, Outcome::Failed(error) if error.is_transport())
     }
 
+    /// Whether the check never reached the backend (see [`ProbeError::is_unreached`]):
+    /// what the agent's own network trouble looks like.
+    pub fn is_unreached(&self) -> bool {
+        matches!(self, Outcome::Failed(error) if error.is_unreached())
+    }
+
     /// The short reason shown to HAProxy.
     pub fn reason(&self) -> String {
         match self {
@@ -335,6 +341,22 @@ impl ProbeError {
             ProbeError::Status { code, .. } => code.is_transport(),
             ProbeError::InvalidTarget(_) | ProbeError::Denied(_) => false,
         }
+    }
+
+    /// Whether the call never reached the backend: the name did not resolve, the
+    /// connection was not made in time or could not be made (unreachable), or nothing came
+    /// back in time. This is what a cut in the agent's own network looks like. A refused
+    /// connection, a reset, TLS alerts and malformed answers all prove the backend's host
+    /// was reached, so they are not.
+    pub fn is_unreached(&self) -> bool {
+        matches!(
+            self,
+            ProbeError::Dns(_)
+                | ProbeError::ConnectTimeout(_)
+                | ProbeError::Connect(_)
+                | ProbeError::RpcTimeout(_)
+                | ProbeError::Deadline(_)
+        )
     }
 
     /// Whether the backend answered UNIMPLEMENTED: it serves no health service (or no

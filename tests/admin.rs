@@ -527,7 +527,16 @@ async fn a_full_admin_listener_does_not_delay_the_agent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_fails_while_the_agent_drains() {
     let (silent, _silent) = silent_backend().await;
-    let agent = start_agent(&["--miss-timeout", "2s", "--grpc-rpc-timeout", "2s"]).await;
+    // The strict fault reply, so the reply in flight is a line to wait for.
+    let agent = start_agent(&[
+        "--miss-timeout",
+        "2s",
+        "--grpc-rpc-timeout",
+        "2s",
+        "--agent-fault-reply",
+        "down",
+    ])
+    .await;
     assert_eq!(http::get(agent.admin, "/readyz").await.status, 200);
     // A request whose first probe never answers: its reply is in flight for 2 s.
     let addr = agent.addr;

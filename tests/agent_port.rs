@@ -136,7 +136,8 @@ async fn connections_over_the_limit_are_closed_at_once() {
 async fn shutdown_finishes_a_reply_in_flight() {
     // A backend that accepts and never answers keeps the first probe pending.
     let (port, _silent) = silent_backend().await;
-    let agent = start_agent(&["--miss-timeout", "500ms"]).await;
+    // The strict fault reply, so the reply in flight is a line to wait for.
+    let agent = start_agent(&["--miss-timeout", "500ms", "--agent-fault-reply", "down"]).await;
     let mut stream = TcpStream::connect(agent.addr).await.unwrap();
     stream
         .write_all(format!("{}\n", line_for(port, "")).as_bytes())

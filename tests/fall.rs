@@ -61,12 +61,13 @@ async fn agent(mode: &str, extra: &[&str]) -> Agent {
     start_agent(&flags).await
 }
 
-/// The case: `--trust-watch --fall 3`, the server killed. The stream's end is the
-/// first failure; the polls that follow it an interval apart are the second and third.
+/// `--fall 3`, the server killed: a failure to get an answer counts through fall. The
+/// stream's end is the first failure; the polls that follow it an interval apart are the
+/// second and third.
 #[tokio::test]
 async fn a_killed_watched_backend_reads_down_after_fall_intervals() {
     let backend = HealthBackend::start().await;
-    let agent = agent("watch", &["--trust-watch"]).await;
+    let agent = agent("watch", &[]).await;
     let line = line_for(backend.port(), "");
     reply_becomes(agent.addr, &line, "up #SERVING", WITHIN).await;
     assert_eq!(backend_view(&agent, &line).await["mode"], "watch");
@@ -104,12 +105,18 @@ async fn a_killed_polled_backend_reads_down_after_fall_intervals() {
     );
 }
 
-/// Without `--trust-watch`, a status the stream reports counts once when it arrives and
-/// once per interval while it holds, with no poll and no wake-up in between.
+/// With `--explicit-answers counted`, a status the stream reports counts once when it
+/// arrives and once per interval while it holds, with no poll and no wake-up in between.
 #[tokio::test]
 async fn a_watched_status_counts_by_the_time_it_holds() {
     let backend = HealthBackend::start().await;
-    let agent = agent("watch", &["--liveness-interval", "60s"]).await;
+    let flags = [
+        "--liveness-interval",
+        "60s",
+        "--explicit-answers",
+        "counted",
+    ];
+    let agent = agent("watch", &flags).await;
     let line = line_for(backend.port(), "");
     reply_becomes(agent.addr, &line, "up #SERVING", WITHIN).await;
     let changed = Instant::now();
@@ -135,4 +142,28 @@ async fn a_watched_status_counts_by_the_time_it_holds() {
     );
     assert!(saw(&seen, "(1/2 to up)"), "{seen:?}");
     assert_eq!(backend.total_checks(), 0, "the counting needs no polling");
+}
+
+/// With the defaults, the backend's own NOT_SERVING turns the reply at once, in both modes:
+/// no count toward fall is ever answered; and `rise` still counts the way back up.
+#[tokio::test]
+async fn the_backends_own_not_serving_turns_it_down_at_once_in_both_modes() {
+    for mode in ["watch", "poll"] {
+        let backend = HealthBackend::start().await;
+        let agent = agent(mode, &["--liveness-interval", "60s"]).await;
+        let line = line_for(backend.port(), "");
+        reply_becomes(agent.addr, &line, "up #SERVING", WITHIN).await;
+        let changed = Instant::now();
+        backend.set("", Wire::NotServing);
+        let (took, seen) = watch_replies(&agent, &line, "down", changed).await;
+        eprintln!("{mode}, NOT_SERVING: down after {took:?}; replies {seen:?}");
+        assert!(!saw(&seen, "to down)"), "counted through fall: {seen:?}");
+        assert_eq!(seen.last().map(String::as_str), Some("down #NOT_SERVING"));
+        let changed = Instant::now();
+        backend.set("", Wire::Serving);
+        let (took, seen) = watch_replies(&agent, &line, "up", changed).await;
+        eprintln!("{mode}, SERVING again: up after {took:?}; replies {seen:?}");
+        assert!(took >= INTERVAL, "rise 2 counted too fast: {seen:?}");
+        assert!(saw(&seen, "(1/2 to up)"), "{seen:?}");
+    }
 }

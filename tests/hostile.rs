@@ -453,10 +453,12 @@ async fn an_hpack_flood_does_not_slow_other_answers() {
     let bound = (baseline.p99 * 5).max(Duration::from_millis(20));
     assert!(flooded.p99 <= bound, "p99 over {bound:?}: {summary}");
     assert_eq!(baseline.not_up + flooded.not_up, 0, "{summary}");
+    // Down with a reason, or silence while a first probe is still pending (the agent's
+    // own lateness is no verdict); never up.
     assert!(
         flood_replies
             .iter()
-            .all(|reply| reply.starts_with("down #")),
+            .all(|reply| reply.is_empty() || reply.starts_with("down #")),
         "{summary}"
     );
     assert!(

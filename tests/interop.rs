@@ -107,14 +107,15 @@ async fn unknown_service(stack: Stack, mode: Mode) {
     }
 }
 
-/// In watch mode the target is watched, and with `--trust-watch` a change arrives long
+/// In watch mode the target is watched, and a change the backend reports applies long
 /// before the next check would.
 async fn watch_streams_carry_the_changes(stack: Stack) {
     let mut server = Server::start(stack, &Config::services(&[SERVICE])).await;
     let agent = start_agent(&[
         "--health-mode",
         "watch",
-        "--trust-watch",
+        "--rise",
+        "1",
         "--check-interval",
         "60s",
         "--liveness-interval",

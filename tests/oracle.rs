@@ -66,9 +66,19 @@ async fn flip_and_flip_back_are_seen_within_a_few_intervals() {
 }
 
 #[tokio::test]
-async fn hysteresis_holds_up_until_fall_failures() {
+async fn counted_explicit_answers_hold_up_until_fall_failures() {
     let backend = HealthBackend::start().await;
-    let agent = start_agent(&["--check-interval", "300ms", "--rise", "2", "--fall", "3"]).await;
+    let agent = start_agent(&[
+        "--check-interval",
+        "300ms",
+        "--rise",
+        "2",
+        "--fall",
+        "3",
+        "--explicit-answers",
+        "counted",
+    ])
+    .await;
     let line = line_for(backend.port(), "");
     assert!(ask(agent.addr, &line).await.starts_with("up #SERVING"));
     backend.set("", Wire::NotServing);
@@ -254,7 +264,7 @@ async fn asked_targets_stay_registered() {
 }
 
 #[tokio::test]
-async fn target_limit_answers_down() {
+async fn a_full_cache_is_silence_or_with_the_strict_reply_down() {
     let backend = HealthBackend::start().await;
     backend.set("a", Wire::Serving);
     backend.set("b", Wire::Serving);
@@ -264,14 +274,34 @@ async fn target_limit_answers_down() {
             .await
             .starts_with("up")
     );
+    // A healthy newcomer is not the backend's fault: closed without a reply, so HAProxy
+    // keeps its last verdict.
+    for _ in 0..3 {
+        assert_eq!(ask(agent.addr, &line_for(backend.port(), "b")).await, "");
+    }
+    let metrics = http::get(agent.admin, "/metrics").await.body;
+    assert!(
+        metrics.contains("haproxy_grpc_agent_agent_faults_total{cause=\"target_limit\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("haproxy_grpc_agent_check_requests_total{result=\"silent\"} 3"),
+        "{metrics}"
+    );
+    let strict = start_agent(&["--max-targets", "1", "--agent-fault-reply", "down"]).await;
+    assert!(
+        ask(strict.addr, &line_for(backend.port(), "a"))
+            .await
+            .starts_with("up")
+    );
     assert_eq!(
-        ask(agent.addr, &line_for(backend.port(), "b")).await,
+        ask(strict.addr, &line_for(backend.port(), "b")).await,
         "down #target limit reached (1)\n"
     );
 }
 
 #[tokio::test]
-async fn silent_backend_answers_first_probe_pending_then_its_reason() {
+async fn silent_backend_gets_silence_while_its_first_probe_is_pending_then_its_reason() {
     // Takes TCP and never speaks HTTP/2: the connection is never made.
     let (port, _silent) = silent_backend().await;
     let agent = start_agent(&[
@@ -285,7 +315,7 @@ async fn silent_backend_answers_first_probe_pending_then_its_reason() {
     .await;
     let line = line_for(port, "");
     let started = std::time::Instant::now();
-    assert_eq!(ask(agent.addr, &line).await, "down #first probe pending\n");
+    assert_eq!(ask(agent.addr, &line).await, "", "silence, not down");
     assert!(
         started.elapsed() < Duration::from_millis(1000),
         "a miss waits only the miss timeout"

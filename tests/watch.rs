@@ -1,5 +1,6 @@
 //! Watch mode against real backends: a Health/Watch stream per target drives the answer
-//! (without polling), rise/fall still apply unless `--trust-watch`, a backend without
+//! (without polling), the backend's own word applies at once (counted through rise/fall
+//! with `--explicit-answers counted`), a backend without
 //! Watch is polled, a broken stream is replaced while polling covers the gap, a wedged
 //! backend is caught by the liveness Check, and a reload switches modes.
 
@@ -17,11 +18,13 @@ const WITHIN: Duration = Duration::from_secs(10);
 #[tokio::test]
 async fn a_watched_target_follows_its_stream_without_polling() {
     let backend = HealthBackend::start().await;
-    // Interval and liveness far away: anything that changes comes from the stream.
+    // Interval and liveness far away: anything that changes comes from the stream (rise
+    // 1, so the way back up needs no interval either).
     let agent = start_agent(&[
         "--health-mode",
         "watch",
-        "--trust-watch",
+        "--rise",
+        "1",
         "--check-interval",
         "60s",
         "--liveness-interval",
@@ -50,11 +53,13 @@ async fn a_watched_target_follows_its_stream_without_polling() {
 }
 
 #[tokio::test]
-async fn without_trust_a_watched_change_counts_through_fall_and_rise() {
+async fn counted_explicit_answers_count_a_watched_change_through_fall_and_rise() {
     let backend = HealthBackend::start().await;
     let agent = start_agent(&[
         "--health-mode",
         "watch",
+        "--explicit-answers",
+        "counted",
         "--check-interval",
         "100ms",
         "--liveness-interval",

@@ -308,7 +308,7 @@ pub const SETTINGS: &[Spec] = &[
         Some("50"),
         "percent",
         Live,
-        "when more than this share of a group's targets (or of all endpoints) fail on the way at once (connect, DNS, TLS, silence), the fault looks like the agent's own: their last verdicts are held (`up #panic: ...`); 0 turns it off",
+        "when more than this share of a group's targets (or of all endpoints) cannot be reached at once (DNS, connect timeout or unreachable, no answer in time; not a refusal, a reset or a bad answer, which prove the host was reached), the fault looks like the agent's own: their last verdicts are held (`up #panic: ...`); 0 turns it off",
     ),
     spec(
         key::PANIC_MIN_GROUP,

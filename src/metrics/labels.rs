@@ -189,7 +189,7 @@ label_values! {
 
 label_values! {
     /// `panics_total{scope}`: a group, or the whole agent, starting to hold its targets'
-    /// verdicts because most of them fail on the way at once.
+    /// verdicts because most of them cannot be reached at once.
     PanicScope {
         Group => "group",
         Agent => "agent",

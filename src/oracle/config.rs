@@ -29,7 +29,7 @@ pub struct OracleConfig {
 /// When a group's transport failures look like the agent's own trouble.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PanicConfig {
-    /// A group panics when more than this percentage of its members fail on the way at
+    /// A group panics when more than this percentage of its members cannot be reached at
     /// once; 0 turns panic off.
     pub threshold: u8,
     /// Groups smaller than this never panic (a group of one is one backend).

@@ -213,13 +213,14 @@ impl Entry {
         self.no_slot.load(Ordering::Relaxed)
     }
 
-    /// Whether the latest observation failed on the way to the backend (such targets
-    /// share a smaller budget of probe slots).
+    /// Whether the backend has not answered yet, or its latest observation failed to get
+    /// an answer: such targets share a smaller budget of probe slots, so those that never
+    /// answer cannot take every slot from those that do.
     pub(super) fn is_failing(&self) -> bool {
         self.health
             .load()
             .as_deref()
-            .is_some_and(|health| health.last.is_transport_failure())
+            .is_none_or(|health| health.last.is_transport_failure())
     }
 
     /// Why its verdict is held now, if its group or the agent panics.
@@ -243,10 +244,11 @@ impl Entry {
         self.published.notified()
     }
 
-    /// The latest answer is fresh if it is at most `limit` old at `now`. A watched
-    /// target's is as fresh as its stream's connection (statuses come only on a change),
-    /// and stays so after the stream ends; a stream that cannot say is fresh while it is
-    /// open.
+    /// How long the latest answer has gone unconfirmed at `now`, if longer than it may.
+    /// A polled target's answer is as fresh as its last probe (`limit`); a watched one's
+    /// as its stream's connection (`watched_limit`: statuses come only on a change), and
+    /// so it stays after the stream ends, until the next observation; a stream that
+    /// cannot say is fresh while it is open.
     pub(super) fn is_stale(
         &self,
         now: Instant,
@@ -254,22 +256,27 @@ impl Entry {
         watched_limit: Duration,
     ) -> Option<Duration> {
         let health = self.health.load();
-        let mut last = health
+        let probed = health
             .as_deref()
             .map_or(self.registered_at, |health| health.probed_at);
-        if let Some(heard) = self.heard_before_ms.load(Ordering::Relaxed).checked_sub(1) {
-            last = last.max(self.registered_at + Duration::from_millis(heard));
-        }
-        let mut limit = limit;
+        let mut last = probed;
+        let mut fresh_until = probed + limit;
+        let mut heard = self
+            .heard_before_ms
+            .load(Ordering::Relaxed)
+            .checked_sub(1)
+            .map(|millis| self.registered_at + Duration::from_millis(millis));
         if self.watched.load(Ordering::Relaxed) {
             match self.heard.load().as_deref() {
-                Some(heard) => last = last.max(heard.at()),
+                Some(now_heard) => heard = Some(now_heard.at()),
                 None => return None,
             }
-            limit = watched_limit;
         }
-        let age = now.saturating_duration_since(last);
-        (age > limit).then_some(age)
+        if let Some(heard) = heard {
+            last = last.max(heard);
+            fresh_until = fresh_until.max(heard + watched_limit);
+        }
+        (now > fresh_until).then(|| now.saturating_duration_since(last))
     }
 
     /// Counts one more observation under `rules` and publishes the new state.
@@ -313,8 +320,7 @@ impl Entry {
                 at: SystemTime::now(),
             });
         }
-        self.membership
-            .set_failing(health.last.is_transport_failure());
+        self.membership.set_failing(health.last.is_unreached());
         self.no_slot.store(false, Ordering::Relaxed);
         self.health.store(Some(Arc::new(health)));
         if previous.is_none() {

@@ -84,8 +84,8 @@ pub struct Health {
     /// up to `rise`, it is answered with this outcome's verdict, so a drained backend
     /// stays drained (not down) until it is up again.
     pub last_failure: Option<Outcome>,
-    /// While the latest observations are transport failures: the verdict answered just
-    /// before the first of them (`None` if there was none). A panic holds it.
+    /// While the latest observations never reached the backend: the verdict answered
+    /// just before the first of them (`None` if there was none). A panic holds it.
     pub outage_from: Option<Verdict>,
     streak: Streak,
     /// The rules the latest observation was counted under.
@@ -138,10 +138,7 @@ impl Health {
         } else {
             Some(observation.outcome.clone())
         };
-        let outage_from = match (
-            observation.outcome.is_transport_failure(),
-            self.last.is_transport_failure(),
-        ) {
+        let outage_from = match (observation.outcome.is_unreached(), self.last.is_unreached()) {
             (false, _) => None,
             (true, true) => self.outage_from,
             (true, false) => Some(self.reply(&self.rules.replies, observation.at).verdict),

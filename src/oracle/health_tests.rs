@@ -61,6 +61,10 @@ fn not_serving() -> Outcome {
     Outcome::Answered(ServingStatus::NotServing)
 }
 
+fn unreached() -> Outcome {
+    Outcome::Failed(ProbeError::ConnectTimeout(Duration::from_secs(1)))
+}
+
 fn refused() -> Outcome {
     Outcome::Failed(ProbeError::ConnectionRefused)
 }
@@ -367,10 +371,10 @@ fn an_outage_remembers_the_verdict_before_its_first_failure() {
     let at = |n: u32| start + INTERVAL * n;
     let up = Health::first(observation(serving(), at(0)), &rules);
     assert_eq!(up.outage_from, None);
-    let mut health = up.next(observation(refused(), at(1)), &rules);
+    let mut health = up.next(observation(unreached(), at(1)), &rules);
     for n in 2..6 {
         assert_eq!(health.outage_from, Some(Verdict::Up));
-        health = health.next(observation(refused(), at(n)), &rules);
+        health = health.next(observation(unreached(), at(n)), &rules);
     }
     assert!(!health.up);
     assert_eq!(
@@ -381,10 +385,10 @@ fn an_outage_remembers_the_verdict_before_its_first_failure() {
     // The backend's own word ends the outage; a later one starts from down.
     let said = health.next(observation(not_serving(), at(7)), &rules);
     assert_eq!(said.outage_from, None);
-    let cut = said.next(observation(refused(), at(8)), &rules);
+    let cut = said.next(observation(unreached(), at(8)), &rules);
     assert_eq!(cut.outage_from, Some(Verdict::Down));
-    // A first result that fails on the way has no verdict before it.
-    let fresh = Health::first(observation(refused(), at(0)), &rules);
+    // A first result that does not reach the backend has no verdict before it.
+    let fresh = Health::first(observation(unreached(), at(0)), &rules);
     assert_eq!(fresh.outage_from, None);
     let drained = policy(Verdict::Drain, Verdict::Down);
     let rules = Rules {
@@ -392,7 +396,12 @@ fn an_outage_remembers_the_verdict_before_its_first_failure() {
         ..rules
     };
     let drain = Health::first(observation(not_serving(), at(0)), &rules);
-    let cut = drain.next(observation(refused(), at(1)), &rules);
+    let refused_after = drain.next(observation(refused(), at(1)), &rules);
+    assert_eq!(
+        refused_after.outage_from, None,
+        "a refusal proves the host answered"
+    );
+    let cut = drain.next(observation(unreached(), at(1)), &rules);
     assert_eq!(cut.outage_from, Some(Verdict::Drain));
 }
 

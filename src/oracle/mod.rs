@@ -376,7 +376,7 @@ impl Oracle {
         }
         let failure = health.last_failure.as_ref().unwrap_or(&health.last);
         let answer = Answer::plain(reply, OutcomeKind::of(failure).error_type());
-        if health.last.is_transport_failure()
+        if health.last.is_unreached()
             && let Some(panic) = entry.panic()
         {
             return Some(held(answer, health, &config.poller.replies, &panic));
@@ -402,8 +402,8 @@ impl Answer {
     }
 }
 
-/// The answer for a target whose group (or the agent) panics while its latest probes fail
-/// on the way: the verdict it had before they began, or the agent's fault if it had none.
+/// The answer for a target whose group (or the agent) panics while its latest probes do
+/// not reach it: the verdict it had before they began, or the agent's fault if it had none.
 fn held(
     answer: Answer,
     health: &health::Health,

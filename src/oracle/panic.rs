@@ -1,6 +1,7 @@
 //! Fail-open when the fault looks like the agent's own. When more than `threshold` percent
-//! of a group's targets fail on the way at once (the name, the connection, TLS, silence:
-//! [`Outcome::is_transport_failure`](crate::probe::Outcome::is_transport_failure)), the
+//! of a group's targets cannot be reached at once (the name does not resolve, the
+//! connection is not made, nothing comes back in time:
+//! [`Outcome::is_unreached`](crate::probe::Outcome::is_unreached)), the
 //! likelier cause is the agent's own network, not every backend at once; the group then
 //! *panics*: its failing targets are answered with the verdict they had before their
 //! failures began (`up #panic: ...`), as Envoy's `healthy_panic_threshold` and load
@@ -10,7 +11,8 @@
 //! Groups: the request line's `group=NAME`, else the targets sharing an authority and a
 //! service; and the whole agent, over endpoints, when most of its endpoints fail at once
 //! (an endpoint fails when all its targets do). Groups smaller than `min_group` never
-//! panic.
+//! panic, nor does the agent with fewer than [`AGENT_MIN_ENDPOINTS`] endpoints: in a small
+//! farm a majority down is as likely to be the backends' own as the agent's.
 //!
 //! Counts change only when a target starts or stops failing, joins or leaves, under one
 //! lock; a reply reads them without one. A panic's start and end are logged, counted and
@@ -27,6 +29,11 @@ use super::config::PanicConfig;
 use crate::events::{Events, PanicChange};
 use crate::metrics::{Metrics, PanicScope};
 use crate::protocol::Target;
+
+/// The fewest endpoints (and at least `min_group`) with which the agent as a whole can
+/// panic: below this, most endpoints failing at once is no clear sign of the agent's own
+/// trouble (two of three backends may well be down), and `group=` says what fails together.
+pub const AGENT_MIN_ENDPOINTS: usize = 10;
 
 /// Every group's counts, and the agent's.
 pub(super) struct Panics {
@@ -185,8 +192,12 @@ impl Panics {
     fn evaluate(&self, group: &Group, scope: PanicScope) {
         let config = self.config.load();
         let (failing, members) = group.counts();
+        let min = match scope {
+            PanicScope::Group => config.min_group.max(2),
+            PanicScope::Agent => config.min_group.max(AGENT_MIN_ENDPOINTS),
+        };
         let panicking = config.threshold > 0
-            && members >= config.min_group.max(2)
+            && members >= min
             && failing * 100 > usize::from(config.threshold) * members;
         if group.panicking.swap(panicking, Ordering::Relaxed) == panicking {
             return;
@@ -201,7 +212,7 @@ impl Panics {
                 group = %group.name,
                 failing,
                 members,
-                "panic: most {what} fail on the way at once, which looks like the agent's own network; holding their last verdicts"
+                "panic: most {what} cannot be reached at once, which looks like the agent's own network; holding their last verdicts"
             );
             self.metrics.panic_started(scope);
             self.metrics.probes.panics_active.inc();
@@ -221,7 +232,7 @@ impl Panics {
 }
 
 impl Membership {
-    /// Whether the target's latest observation failed on the way. Called by the target's
+    /// Whether the target's latest observation never reached it. Called by the target's
     /// one writer (its poller) after every published result; takes the lock only on a
     /// change.
     pub(super) fn set_failing(&self, failing: bool) {

@@ -87,22 +87,46 @@ fn the_group_word_groups_targets_across_authorities() {
 fn an_endpoint_fails_for_the_agent_only_when_all_its_targets_do() {
     let panics = panics(50, 3);
     // Three endpoints, each with two services in different groups (so no group panics
-    // on its own: each service group has one failing target of three).
+    // on its own: each service group has one failing target of three), and seven more
+    // healthy ones to make the agent's minimum.
+    let _healthy = farm(&panics, 7);
     let mut members = Vec::new();
-    for i in 1..=3 {
+    for i in 11..=13 {
         for service in ["a", "b"] {
             let line = format!("10.0.0.{i} 1 no-ssl host{i} {service}");
             members.push(panics.join(&target(&line)));
         }
     }
-    // Endpoint 1 wholly, endpoint 2 half: one endpoint of three fails.
+    // Endpoint 11 wholly, endpoint 12 half: one endpoint of ten fails.
     members[0].set_failing(true);
     members[1].set_failing(true);
     members[2].set_failing(true);
     assert_eq!(members[0].panic(), None);
-    // Endpoint 2 wholly: two of three.
-    members[3].set_failing(true);
-    assert_eq!(members[0].panic().as_deref(), Some("2/3 endpoints fail"));
+    // Endpoints 12 and 13 wholly, and four of the healthy: seven of ten.
+    for member in &members[3..] {
+        member.set_failing(true);
+    }
+    for member in &_healthy[..4] {
+        member.set_failing(true);
+    }
+    assert_eq!(members[0].panic().as_deref(), Some("7/10 endpoints fail"));
+}
+
+#[test]
+fn the_agent_needs_its_minimum_of_endpoints_to_panic() {
+    let panics = panics(50, 3);
+    // Nine endpoints in nine groups of one, all failing: no group can panic, and nine
+    // endpoints are too few for the agent.
+    let members: Vec<Membership> = (1..=9)
+        .map(|i| panics.join(&target(&format!("10.0.0.{i} 1 no-ssl host{i}"))))
+        .collect();
+    for member in &members {
+        member.set_failing(true);
+    }
+    assert_eq!(members[0].panic(), None);
+    let tenth = panics.join(&target("10.0.0.10 1 no-ssl host10"));
+    tenth.set_failing(true);
+    assert_eq!(members[0].panic().as_deref(), Some("10/10 endpoints fail"));
 }
 
 #[test]
@@ -163,15 +187,8 @@ fn a_panic_is_announced_once_when_it_starts_and_once_when_it_ends() {
             ));
         }
     }
-    // The group and the agent both start at two of three failing, and both end at one.
-    assert_eq!(
-        seen,
-        vec![
-            ("group", true, 2, 3),
-            ("agent", true, 2, 3),
-            ("group", false, 1, 3),
-            ("agent", false, 1, 3),
-        ]
-    );
+    // The group starts at two of three failing and ends at one; three endpoints are too
+    // few for the agent as a whole.
+    assert_eq!(seen, vec![("group", true, 2, 3), ("group", false, 1, 3)]);
     assert_eq!(panics.metrics.probes.panics_active.get(), 0);
 }

@@ -29,9 +29,9 @@ pub struct Shared {
     pub reconfigured: Notify,
     /// `max_probes_in_flight`.
     permits: Semaphore,
-    /// The share of `permits` that targets whose latest probe failed on the way may hold
-    /// (half, at least one): backends that never answer cannot take every slot from
-    /// those that do.
+    /// The share of `permits` that targets not answered yet, or whose latest probe got no
+    /// answer, may hold (half, at least one): backends that never answer cannot take
+    /// every slot from those that do.
     failing_permits: Semaphore,
     /// Probes are finding no slot in time (logged once when it starts and when it ends).
     starved: AtomicBool,

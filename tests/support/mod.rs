@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod haproxy;
 pub mod http;
 pub mod orca;
+pub mod proxy;
 pub mod raw_h2;
 
 use std::future::Future;
