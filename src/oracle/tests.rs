@@ -162,7 +162,21 @@ async fn a_full_cache_is_the_agents_fault() {
 
 #[tokio::test(start_paused = true)]
 async fn probes_in_flight_never_exceed_the_bound() {
-    let (oracle, most_running) = oracle(0, 2);
+    // Each target answers its first check, then hangs: six healthy targets whose second
+    // probes all hang at once.
+    let (oracle, most_running) = oracle(1, 2);
+    for i in 0..6 {
+        let answer = oracle.ask(target(&format!("s{i}"))).await;
+        assert!(answer.is_ok_and(|reply| reply.verdict == crate::protocol::Verdict::Up));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(oracle.len(), 6);
+    assert_eq!(most_running.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn targets_that_never_answered_hold_at_most_half_the_probe_slots() {
+    let (oracle, most_running) = oracle(0, 4);
     let asks: Vec<_> = (0..6)
         .map(|i| {
             let oracle = oracle.clone();
@@ -170,7 +184,10 @@ async fn probes_in_flight_never_exceed_the_bound() {
         })
         .collect();
     for ask in asks {
-        assert!(ask.await.unwrap().is_err(), "no probe answered");
+        assert_eq!(
+            ask.await.unwrap(),
+            fault(FaultCause::FirstProbePending, "first probe pending")
+        );
     }
     assert_eq!(oracle.len(), 6);
     assert_eq!(most_running.load(Ordering::SeqCst), 2);
