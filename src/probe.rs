@@ -12,6 +12,7 @@ mod grpc;
 mod insecure;
 mod load;
 mod request;
+mod resolve;
 mod tls;
 
 use std::future::Future;

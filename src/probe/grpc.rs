@@ -15,6 +15,7 @@ use super::connect::ConnectTo;
 use super::endpoint::{Endpoint, LivenessCheck, Tls};
 use super::load::{self, Load, LoadCounters};
 use super::request::{Method, Prepared};
+use super::resolve::Resolver;
 use super::tls::{client_tls, server_name};
 use super::{BoxFuture, LoadWeight, Outcome, Probe, ProbeError, TargetProber, WatchStream};
 use crate::allowlist::{Admission, Allowlist};
@@ -60,6 +61,8 @@ struct EndpointBuilder {
     max_connections: usize,
     timeouts: Arc<ArcSwap<Timeouts>>,
     allowlist: Arc<ArcSwap<Allowlist>>,
+    /// The one resolver every endpoint's name goes through.
+    resolver: Arc<Resolver>,
     /// For each endpoint's liveness Check.
     user_agent: Arc<str>,
     metadata: Arc<[(String, String)]>,
@@ -104,6 +107,7 @@ impl GrpcProbe {
             h2: super::endpoint::client_builder(),
             max_connections: config.max_connections,
             timeouts: Arc::clone(&timeouts),
+            resolver: Arc::new(Resolver::system(config.connect_timeout)),
             user_agent: user_agent.as_str().into(),
             metadata: metadata.as_slice().into(),
         };
@@ -231,7 +235,7 @@ impl EndpointBuilder {
         let connect_to = ConnectTo {
             host: key.host.clone(),
             port: key.port,
-            timeouts: Arc::clone(&self.timeouts),
+            resolver: Arc::clone(&self.resolver),
             allowlist: Arc::clone(&self.allowlist),
         };
         // The server's overall health (service ""): liveness asks whether the backend

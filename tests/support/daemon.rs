@@ -41,7 +41,26 @@ impl Daemon {
 
     /// Starts the binary with exactly `args`: the caller picks every address.
     pub fn spawn_exact(args: &[&str], env: &[(&str, &str)]) -> Daemon {
-        let mut command = Command::new(BINARY);
+        Daemon::spawn_via(&[], args, env)
+    }
+
+    /// Starts the binary under `wrapper` (e.g. `ip netns exec NS`, which execs it) with
+    /// exactly `args`, and waits for its `agent listening` line.
+    pub fn start_via(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let mut daemon = Daemon::spawn_via(wrapper, args, env);
+        daemon.await_listening();
+        daemon
+    }
+
+    fn spawn_via(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(BINARY);
+                command
+            }
+            None => Command::new(BINARY),
+        };
         command
             .args(args)
             .stdin(Stdio::null())
@@ -67,14 +86,18 @@ impl Daemon {
     /// Starts the binary and waits for its `agent listening` line.
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let mut daemon = Daemon::spawn(args, env);
-        let line = daemon.wait_for_log("\"agent listening\"", Duration::from_secs(20));
+        daemon.await_listening();
+        daemon
+    }
+
+    fn await_listening(&mut self) {
+        let line = self.wait_for_log("\"agent listening\"", Duration::from_secs(20));
         let addr = line
             .split("\"agent_addr\":\"")
             .nth(1)
             .and_then(|rest| rest.split('"').next())
             .expect("the log line carries agent_addr");
-        daemon.addr = Some(addr.parse().unwrap());
-        daemon
+        self.addr = Some(addr.parse().unwrap());
     }
 
     pub fn addr(&self) -> SocketAddr {

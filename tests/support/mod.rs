@@ -7,6 +7,7 @@ pub mod backend;
 pub mod daemon;
 pub mod haproxy;
 pub mod http;
+pub mod netns;
 pub mod orca;
 pub mod proxy;
 pub mod raw_h2;

@@ -33,6 +33,7 @@
 mod conn;
 mod driver;
 mod io;
+mod names;
 
 use std::future::poll_fn;
 use std::sync::{Arc, Mutex};
@@ -49,6 +50,7 @@ use super::{BoxFuture, ProbeError, errors};
 use conn::{Conn, Control, Freed};
 use driver::{Liveness, drive};
 use io::{Io, Sniffed};
+use names::Names;
 
 pub use conn::Slot;
 pub use io::FirstBytes;
@@ -105,7 +107,8 @@ pub enum Use {
 
 /// One backend endpoint: its connections, made on demand.
 pub struct Endpoint {
-    connect_to: ConnectTo,
+    /// The host's newest answer and where each connection went.
+    names: Arc<Names>,
     tls: Option<Tls>,
     timeouts: Arc<ArcSwap<Timeouts>>,
     builder: h2::client::Builder,
@@ -150,7 +153,7 @@ impl Endpoint {
         liveness: LivenessCheck,
     ) -> Endpoint {
         Endpoint {
-            connect_to,
+            names: Arc::new(Names::new(connect_to)),
             tls,
             timeouts,
             builder,
@@ -177,6 +180,8 @@ impl Endpoint {
         deadline: Instant,
     ) -> Result<Slot, ProbeError> {
         let timeouts = self.timeouts();
+        // A name whose answer ran out is resolved again beside this call.
+        self.names.renew_if_due(timeouts);
         loop {
             match self.place(purpose, avoid) {
                 Placement::Slot(slot) => return Ok(slot),
@@ -256,22 +261,26 @@ impl Endpoint {
     async fn connect(&self, timeouts: Timeouts, by: Instant) -> Result<Arc<Conn>, ProbeError> {
         // What the backend sends first explains a connection that never speaks HTTP/2.
         let first_bytes = Arc::new(Mutex::new(FirstBytes::default()));
-        let io = self.transport(timeouts, &first_bytes).await?;
+        let (io, peer) = self.transport(timeouts, &first_bytes, by).await?;
         let settled = self.handshake(io, &first_bytes, timeouts, by).await?;
-        Ok(self.start(settled))
+        let conn = self.start(settled);
+        if let Some(peer) = peer {
+            self.names.track(peer, &conn.control);
+        }
+        Ok(conn)
     }
 
     /// Resolve and TCP, then TLS for an `ssl` endpoint (a backend that chooses another
-    /// protocol than h2 by ALPN is refused).
+    /// protocol than h2 by ALPN is refused); with the address connected to.
     async fn transport(
         &self,
         timeouts: Timeouts,
         first_bytes: &Arc<Mutex<FirstBytes>>,
-    ) -> Result<Io, ProbeError> {
+        by: Instant,
+    ) -> Result<(Io, Option<std::net::IpAddr>), ProbeError> {
         let tcp = self
-            .connect_to
-            .clone()
-            .connect()
+            .names
+            .connect(by)
             .await
             .map_err(|failure| match failure {
                 ConnectFailure::Dns(message) => ProbeError::Dns(message),
@@ -279,9 +288,11 @@ impl Endpoint {
                 ConnectFailure::Timeout => ProbeError::ConnectTimeout(timeouts.connect),
                 ConnectFailure::Other(error) => ProbeError::Connect(error.to_string()),
                 ConnectFailure::Denied(detail) => ProbeError::Denied(detail),
-            })?;
+            })?
+            .stream;
+        let peer = tcp.peer_addr().ok().map(|addr| addr.ip());
         let Some(tls) = &self.tls else {
-            return Ok(Box::new(Sniffed::new(tcp, Arc::clone(first_bytes))));
+            return Ok((Box::new(Sniffed::new(tcp, Arc::clone(first_bytes))), peer));
         };
         let connector = tokio_rustls::TlsConnector::from(Arc::clone(&tls.config));
         let stream = connector
@@ -296,7 +307,10 @@ impl Endpoint {
                 String::from_utf8_lossy(protocol)
             )));
         }
-        Ok(Box::new(Sniffed::new(stream, Arc::clone(first_bytes))))
+        Ok((
+            Box::new(Sniffed::new(stream, Arc::clone(first_bytes))),
+            peer,
+        ))
     }
 
     /// The HTTP/2 handshake and a first PING, answered before `by`. A failure is explained
@@ -363,8 +377,17 @@ impl Endpoint {
         let conn = Arc::new(Conn::new(sender, Arc::clone(&control)));
         self.gauge.inc();
         let gauge = self.gauge.clone();
+        // A watched connection takes no call through `slot` while its streams hold: its
+        // liveness Check is when its name's answer is looked at.
+        let names = Arc::clone(&self.names);
+        let check = Arc::clone(&self.liveness);
+        let settings = Arc::clone(&self.timeouts);
+        let renewing: LivenessCheck = Arc::new(move |slot, rpc_by| {
+            names.renew_if_due(**settings.load());
+            check(slot, rpc_by)
+        });
+        let liveness = Liveness::new(&conn, renewing);
         let timeouts = Arc::clone(&self.timeouts);
-        let liveness = Liveness::new(&conn, Arc::clone(&self.liveness));
         tokio::spawn(async move {
             drive(connection, pings, signals, &control, &timeouts, liveness).await;
             gauge.dec();
