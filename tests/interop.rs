@@ -191,6 +191,48 @@ async fn a_restarted_server_reads_up_again(stack: Stack) {
     reply_becomes(agent.addr, &line, "down #NOT_SERVING", WITHIN).await;
 }
 
+/// A server whose connections reach `max_connection_age` (9 s, as many deployments set
+/// it) ends every Watch stream on them with GOAWAY; asked in a tight loop with the agent's
+/// defaults across two such ends, the target never reads anything but up: a stream's end
+/// leaves it as fresh as its connection was (it used to read `down #stale` each time,
+/// until the follow-up Check came back).
+async fn a_stream_ended_by_max_connection_age_never_reads_down(stack: Stack) {
+    let config = Config {
+        max_connection_age_ms: Some(9_000),
+        ..Config::services(&[SERVICE])
+    };
+    let server = Server::start(stack, &config).await;
+    let agent = start_agent(&[]).await;
+    let line = line_for(server.port, SERVICE);
+    reply_becomes(agent.addr, &line, "up #SERVING", WITHIN).await;
+    let started = std::time::Instant::now();
+    let mut asks = 0;
+    let mut not_up = Vec::new();
+    while started.elapsed() < Duration::from_secs(22) {
+        let reply = ask(agent.addr, &line).await;
+        asks += 1;
+        if !reply.starts_with("up #SERVING") {
+            not_up.push(reply);
+        }
+    }
+    let metrics = support::http::get(agent.admin, "/metrics").await.body;
+    let opened = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("haproxy_grpc_agent_probes_total{result=\"serving\"} "))
+        .and_then(|count| count.parse::<u64>().ok())
+        .unwrap_or(0);
+    eprintln!(
+        "{stack}: {asks} asks, {} not up; {opened} serving results",
+        not_up.len()
+    );
+    // The first stream, two ends each followed by a poll and a new stream: at least five.
+    assert!(
+        opened >= 5,
+        "{stack}: the streams did not end ({opened} results)"
+    );
+    assert!(not_up.is_empty(), "{stack}: {not_up:?}");
+}
+
 /// A graceful stop: the stack's health service says NOT_SERVING on the open Watch
 /// stream before the server goes away (grpc-js's has no shutdown of its own: the server
 /// program sets every service NOT_SERVING), so the target turns down for that reason,
@@ -329,6 +371,11 @@ macro_rules! interop_cases {
             #[tokio::test]
             async fn a_restarted_server_reads_up_again() {
                 super::a_restarted_server_reads_up_again($stack).await;
+            }
+
+            #[tokio::test]
+            async fn a_stream_ended_by_max_connection_age_never_reads_down() {
+                super::a_stream_ended_by_max_connection_age_never_reads_down($stack).await;
             }
 
             #[tokio::test]

@@ -115,6 +115,9 @@ pub struct Config {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// The server's SETTINGS_MAX_CONCURRENT_STREAMS.
     pub max_streams: Option<u32>,
+    /// Each connection is closed (GOAWAY, then its calls cancelled 1 s later) this long
+    /// after it opened, as many deployments set `max_connection_age`.
+    pub max_connection_age_ms: Option<u32>,
 }
 
 impl Config {
@@ -147,6 +150,9 @@ impl Server {
         }
         if let Some(max_streams) = config.max_streams {
             command.args(["--max-streams", &max_streams.to_string()]);
+        }
+        if let Some(age) = config.max_connection_age_ms {
+            command.args(["--max-connection-age-ms", &age.to_string()]);
         }
         let mut child = command
             .stdin(Stdio::piped())

@@ -23,6 +23,8 @@ namespace {
 // How long a graceful stop lets calls finish before cancelling them (Watch streams
 // never finish on their own).
 constexpr std::chrono::seconds kGrace(1);
+// How long calls may go on after a connection reached its maximum age.
+constexpr std::chrono::milliseconds kAgeGrace(1000);
 
 struct Arguments {
   int port = -1;
@@ -30,6 +32,8 @@ struct Arguments {
   std::string cert_path;
   std::string key_path;
   int max_streams = 0;
+  // Each connection is closed (GOAWAY) this long after it opened; 0: never.
+  int max_connection_age_ms = 0;
 };
 
 [[noreturn]] void Fail(const std::string& message) {
@@ -69,6 +73,9 @@ Arguments ParseArguments(int argc, char** argv) {
       i += 2;
     } else if (flag == "--max-streams") {
       args.max_streams = Number(flag, next);
+      ++i;
+    } else if (flag == "--max-connection-age-ms") {
+      args.max_connection_age_ms = Number(flag, next);
       ++i;
     } else {
       Fail("unknown argument " + flag);
@@ -112,6 +119,11 @@ int main(int argc, char** argv) {
                            Credentials(args), &port);
   if (args.max_streams > 0) {
     builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, args.max_streams);
+  }
+  if (args.max_connection_age_ms > 0) {
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS, args.max_connection_age_ms);
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
+                               static_cast<int>(kAgeGrace.count()));
   }
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {

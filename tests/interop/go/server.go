@@ -18,11 +18,15 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 )
 
 // grace is how long a graceful stop lets calls finish before cancelling them (Watch
 // streams never finish on their own).
 const grace = time.Second
+
+// ageGrace is how long calls may go on after a connection reached its maximum age.
+const ageGrace = time.Second
 
 var statuses = map[string]healthpb.HealthCheckResponse_ServingStatus{
 	"SERVING":     healthpb.HealthCheckResponse_SERVING,
@@ -39,6 +43,12 @@ func main() {
 	var options []grpc.ServerOption
 	if args.maxStreams > 0 {
 		options = append(options, grpc.MaxConcurrentStreams(uint32(args.maxStreams)))
+	}
+	if args.maxConnectionAgeMs > 0 {
+		options = append(options, grpc.KeepaliveParams(keepalive.ServerParameters{
+			MaxConnectionAge:      time.Duration(args.maxConnectionAgeMs) * time.Millisecond,
+			MaxConnectionAgeGrace: ageGrace,
+		}))
 	}
 	if args.certPath != "" {
 		creds, err := credentials.NewServerTLSFromFile(args.certPath, args.keyPath)
@@ -94,6 +104,8 @@ type arguments struct {
 	services          []string
 	certPath, keyPath string
 	maxStreams        int
+	// Each connection is closed (GOAWAY) this long after it opened; 0: never.
+	maxConnectionAgeMs int
 }
 
 // parseArgs reads the command line by hand: the flag package stops at the first
@@ -134,6 +146,9 @@ func parseArgs(argv []string) arguments {
 		case "--max-streams":
 			i++
 			args.maxStreams = number(i)
+		case "--max-connection-age-ms":
+			i++
+			args.maxConnectionAgeMs = number(i)
 		default:
 			fail("unknown argument %q", argv[i])
 		}

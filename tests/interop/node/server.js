@@ -26,13 +26,14 @@ function fail(message) {
 }
 
 function parseArgs(argv) {
-  const args = { port: null, services: [], tls: null, maxStreams: null };
+  const args = { port: null, services: [], tls: null, maxStreams: null, maxConnectionAgeMs: null };
   for (let i = 0; i < argv.length; i++) {
     switch (argv[i]) {
       case '--port': args.port = Number(argv[++i]); break;
       case '--services': args.services = argv[++i].split(',').filter((name) => name); break;
       case '--tls': args.tls = [argv[++i], argv[++i]]; break;
       case '--max-streams': args.maxStreams = Number(argv[++i]); break;
+      case '--max-connection-age-ms': args.maxConnectionAgeMs = Number(argv[++i]); break;
       default: fail(`unknown argument ${argv[i]}`);
     }
   }
@@ -49,6 +50,11 @@ function main() {
 
   const options = {};
   if (args.maxStreams !== null) options['grpc.max_concurrent_streams'] = args.maxStreams;
+  if (args.maxConnectionAgeMs !== null) {
+    options['grpc.max_connection_age_ms'] = args.maxConnectionAgeMs;
+    // How long calls may go on after a connection reached its maximum age.
+    options['grpc.max_connection_age_grace_ms'] = 1000;
+  }
   const server = new grpc.Server(options);
   health.addToServer(server);
   // Reports carry what the `utilization` command last set (nothing until then), every

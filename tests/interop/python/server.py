@@ -14,6 +14,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 # How long a graceful stop lets calls finish before cancelling them (Watch streams
 # never finish on their own).
 GRACE_SECONDS = 1.0
+# How long calls may go on after a connection reached its maximum age.
+AGE_GRACE_MS = 1000
 
 STATUSES = {
     "SERVING": health_pb2.HealthCheckResponse.SERVING,
@@ -27,6 +29,7 @@ def parse_args():
     parser.add_argument("--services", default="")
     parser.add_argument("--tls", nargs=2, metavar=("CERT_PEM", "KEY_PEM"))
     parser.add_argument("--max-streams", type=int)
+    parser.add_argument("--max-connection-age-ms", type=int)
     return parser.parse_args()
 
 
@@ -35,6 +38,9 @@ def main():
     options = []
     if args.max_streams is not None:
         options.append(("grpc.max_concurrent_streams", args.max_streams))
+    if args.max_connection_age_ms is not None:
+        options.append(("grpc.max_connection_age_ms", args.max_connection_age_ms))
+        options.append(("grpc.max_connection_age_grace_ms", AGE_GRACE_MS))
     # Watch is non-blocking in HealthServicer, so the pool only runs Checks.
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=options)
     servicer = health.HealthServicer()
