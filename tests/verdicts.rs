@@ -147,38 +147,6 @@ const FARM: Farm = Farm {
     frontend_port: None,
 };
 
-/// Polls `show stat` until every named server's status starts with `status` and its
-/// `last_agt` holds `reason`; returns when each was first seen so, from `since`.
-async fn until_all(
-    haproxy: &Haproxy,
-    names: &[String],
-    (status, reason): (&str, &str),
-    since: Instant,
-    within: Duration,
-) -> Vec<Duration> {
-    let mut seen: Vec<Option<Duration>> = vec![None; names.len()];
-    while seen.iter().any(Option::is_none) {
-        assert!(
-            since.elapsed() < within,
-            "not every server {status} within {within:?}: {} of {}",
-            seen.iter().flatten().count(),
-            names.len()
-        );
-        let servers = haproxy.servers().await;
-        let at = since.elapsed();
-        for (name, first) in names.iter().zip(seen.iter_mut()) {
-            let shown = servers
-                .get(name)
-                .is_some_and(|s| s.status.starts_with(status) && s.last_agt.contains(reason));
-            if first.is_none() && shown {
-                *first = Some(at);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    seen.into_iter().flatten().collect()
-}
-
 /// The farm: 100 servers (ten backends, ten services each) behind the real
 /// HAProxy with `agent-inter 500ms` and the agent's defaults. Flipped to NOT_SERVING, each
 /// shows DOWN within agent-inter plus 0.2 s (it took 4.5 s when the backend's own word
@@ -209,7 +177,9 @@ async fn haproxy_shows_a_farm_flipped_to_not_serving_down_within_agent_inter() {
     let names: Vec<String> = servers.iter().map(|(name, _, _)| name.clone()).collect();
     // UP as the agent said it (HAProxy shows a new server UP before its first agent check).
     let up = ("UP", "SERVING");
-    until_all(&haproxy, &names, up, Instant::now(), WITHIN * 2).await;
+    haproxy
+        .until_all(&names, up, Instant::now(), WITHIN * 2)
+        .await;
     // Followed by Watch streams, as in steady state (a target's first moments may be
     // polled while its stream opens).
     for (_, _, line) in &servers {
@@ -226,7 +196,7 @@ async fn haproxy_shows_a_farm_flipped_to_not_serving_down_within_agent_inter() {
         }
     }
     let down = ("DOWN", "NOT_SERVING");
-    let mut took = until_all(&haproxy, &names, down, flipped, WITHIN).await;
+    let mut took = haproxy.until_all(&names, down, flipped, WITHIN).await;
     took.sort();
     let (p50, max) = (took[took.len() / 2], took[took.len() - 1]);
     eprintln!(

@@ -285,10 +285,18 @@ impl Entry {
         // timer has not published it yet (replies already answer it).
         self.settle(observation.at, shared);
         let previous = self.health.load_full();
-        let health = match previous.as_deref() {
+        let mut health = match previous.as_deref() {
             None => Health::first(observation, rules),
             Some(previous) => previous.next(observation, rules),
         };
+        // While its group panics, a target that cannot be reached keeps the verdict its
+        // outage began from: no flip, no transition logged, and no rise to count after;
+        // once the panic is over, its fall counts afresh.
+        if self.membership.panic().is_some() {
+            health.hold_for_panic();
+        } else {
+            health.release_from_panic();
+        }
         self.publish(previous.as_deref(), health, shared);
     }
 

@@ -87,6 +87,10 @@ pub struct Health {
     /// While the latest observations never reached the backend: the verdict answered
     /// just before the first of them (`None` if there was none). A panic holds it.
     pub outage_from: Option<Verdict>,
+    /// A panic held this outage's verdict (see [`Health::hold_for_panic`]): the first
+    /// answer after it resumes the held `up` at once, with no `rise` to count, as if the
+    /// outage had never been the backend's.
+    pub held_by_panic: bool,
     streak: Streak,
     /// The rules the latest observation was counted under.
     rules: Rules,
@@ -100,6 +104,7 @@ impl Health {
             up: healthy,
             last_failure: (!healthy).then(|| observation.outcome.clone()),
             outage_from: None,
+            held_by_panic: false,
             streak: Streak {
                 healthy,
                 since: observation.at,
@@ -143,10 +148,13 @@ impl Health {
             (true, true) => self.outage_from,
             (true, false) => Some(self.reply(&self.rules.replies, observation.at).verdict),
         };
+        let unreached = observation.outcome.is_unreached();
+        let resumed = healthy && self.held_by_panic && self.outage_from == Some(Verdict::Up);
         let health = Health {
-            up: self.up,
+            up: self.up || resumed,
             last_failure,
             outage_from,
+            held_by_panic: unreached && self.held_by_panic,
             streak,
             last: observation.outcome,
             probed_at: observation.at,
@@ -157,6 +165,39 @@ impl Health {
             up: health.earned_up(observation.at),
             ..health
         }
+    }
+
+    /// Holds the verdict this outage began from while the target's group panics: an up
+    /// target stays up however many unreachable observations it counts, and the first
+    /// answer after the outage resumes it (see `held_by_panic`). Only for an observation
+    /// that did not reach the backend.
+    pub fn hold_for_panic(&mut self) {
+        if !self.last.is_unreached() {
+            return;
+        }
+        self.held_by_panic = true;
+        if self.outage_from == Some(Verdict::Up) {
+            self.up = true;
+        }
+    }
+
+    /// After a panic that held this outage ended while the target still cannot be
+    /// reached: the held verdict stands, and `fall` counts afresh from this observation,
+    /// so a target whose group healed a moment before it does not go down for failures
+    /// counted while the fault was the agent's.
+    pub fn release_from_panic(&mut self) {
+        if !self.held_by_panic {
+            return;
+        }
+        self.held_by_panic = false;
+        if self.outage_from == Some(Verdict::Up) {
+            self.up = true;
+        }
+        self.streak = Streak {
+            healthy: false,
+            since: self.probed_at,
+            counted: 1,
+        };
     }
 
     /// When a held status earns its flip if it still holds then; `None` if the state and
@@ -195,6 +236,8 @@ impl Health {
     fn earned_up(&self, now: Instant) -> bool {
         let count = self.streak.count(now, self.rules.held);
         match (self.up, self.streak.healthy) {
+            // Held by a panic: the count is not the backend's until the panic is over.
+            (true, false) if self.held_by_panic => true,
             (true, false) if self.rules.explicit_at_once && self.last.is_explicit() => false,
             (true, false) => count < self.rules.fall,
             (false, true) => count >= self.rules.rise,

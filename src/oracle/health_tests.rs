@@ -406,6 +406,61 @@ fn an_outage_remembers_the_verdict_before_its_first_failure() {
 }
 
 #[test]
+fn a_panic_holds_an_up_target_up_and_the_first_answer_resumes_it() {
+    let rules = at_once();
+    let start = Instant::now();
+    let at = |n: u32| start + INTERVAL * n;
+    let mut health = Health::first(observation(serving(), at(0)), &rules);
+    for n in 1..=5 {
+        health = health.next(observation(unreached(), at(n)), &rules);
+        health.hold_for_panic();
+        assert!(health.up, "held at failure {n}");
+        assert_eq!(health.settled(at(n) + INTERVAL / 2).map(|h| h.up), None);
+    }
+    let back = health.next(observation(serving(), at(6)), &rules);
+    assert!(back.up, "resumed without counting rise");
+    assert!(!back.held_by_panic);
+    assert_eq!(
+        back.reply(&rules.replies, at(6)).to_line().trim_end(),
+        "up #SERVING 0.7ms"
+    );
+}
+
+#[test]
+fn after_a_panic_fall_counts_afresh() {
+    let rules = at_once();
+    let start = Instant::now();
+    let at = |n: u32| start + INTERVAL * n;
+    let mut health = Health::first(observation(serving(), at(0)), &rules);
+    for n in 1..=5 {
+        health = health.next(observation(unreached(), at(n)), &rules);
+        health.hold_for_panic();
+    }
+    // The panic is over; the target still cannot be reached.
+    let mut health = health.next(observation(unreached(), at(6)), &rules);
+    health.release_from_panic();
+    assert!(health.up);
+    assert_eq!(health.consecutive(at(6)), (0, 1));
+    let health = health.next(observation(unreached(), at(7)), &rules);
+    assert!(health.up, "2 of 3");
+    let health = health.next(observation(unreached(), at(8)), &rules);
+    assert!(!health.up, "fall 3 from the panic's end");
+}
+
+#[test]
+fn a_panic_holds_nothing_the_backend_said() {
+    let rules = at_once();
+    let start = Instant::now();
+    let up = Health::first(observation(serving(), start), &rules);
+    let mut said = up.next(observation(not_serving(), start + INTERVAL), &rules);
+    said.hold_for_panic();
+    assert!(!said.up && !said.held_by_panic);
+    let mut refused_now = up.next(observation(refused(), start + INTERVAL), &rules);
+    refused_now.hold_for_panic();
+    assert!(!refused_now.held_by_panic, "a refusal reached the host");
+}
+
+#[test]
 fn latency_format() {
     assert_eq!(format_latency(Duration::from_micros(700)), "0.7ms");
     assert_eq!(format_latency(Duration::from_micros(9_940)), "9.9ms");

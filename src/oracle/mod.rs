@@ -370,18 +370,20 @@ impl Oracle {
         let settled = health.settled(now);
         let health = settled.as_ref().unwrap_or(&health);
         let mut reply = health.reply(&config.poller.replies, now);
+        if health.last.is_unreached()
+            && let Some(panic) = entry.panic()
+        {
+            return Some(held(health, &config.poller.replies, &panic));
+        }
         if reply.verdict == Verdict::Up {
             with_weight(&mut reply, entry.prober().weight(now));
             return Some(Ok(Answer::plain(reply, None)));
         }
         let failure = health.last_failure.as_ref().unwrap_or(&health.last);
-        let answer = Answer::plain(reply, OutcomeKind::of(failure).error_type());
-        if health.last.is_unreached()
-            && let Some(panic) = entry.panic()
-        {
-            return Some(held(answer, health, &config.poller.replies, &panic));
-        }
-        Some(Ok(answer))
+        Some(Ok(Answer::plain(
+            reply,
+            OutcomeKind::of(failure).error_type(),
+        )))
     }
 }
 
@@ -403,26 +405,20 @@ impl Answer {
 }
 
 /// The answer for a target whose group (or the agent) panics while its latest probes do
-/// not reach it: the verdict it had before they began, or the agent's fault if it had none.
-fn held(
-    answer: Answer,
-    health: &health::Health,
-    policy: &ReplyPolicy,
-    panic: &str,
-) -> Result<Answer, AgentFault> {
+/// not reach it: the verdict it had before they began, saying why, or the agent's fault if
+/// it had none.
+fn held(health: &health::Health, policy: &ReplyPolicy, panic: &str) -> Result<Answer, AgentFault> {
     let Some(verdict) = health.outage_from else {
         let reason = format!("panic: {panic}; no verdict to hold");
         return Err(AgentFault::new(FaultCause::Panic, reason));
     };
-    if verdict == answer.reply.verdict {
-        return Ok(answer);
-    }
-    let reason = format!("panic: {panic}; held ({})", answer.reply.reason);
+    let reason = format!("panic: {panic}; held ({})", health.last.reason());
+    let reply = Reply {
+        ready: verdict == Verdict::Up && policy.not_serving != Verdict::Down,
+        ..Reply::new(verdict, reason)
+    };
     Ok(Answer {
-        reply: Reply {
-            ready: verdict == Verdict::Up && policy.not_serving != Verdict::Down,
-            ..Reply::new(verdict, reason)
-        },
+        reply,
         error_type: None,
         held: true,
     })

@@ -100,6 +100,16 @@ impl Daemon {
         self.addr = Some(addr.parse().unwrap());
     }
 
+    /// The admin listener's address, from the `agent listening` line.
+    pub fn admin_addr(&mut self) -> SocketAddr {
+        let line = self.wait_for_log("\"agent listening\"", Duration::from_secs(20));
+        line.split("\"admin_addr\":\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .and_then(|addr| addr.parse().ok())
+            .expect("the log line carries admin_addr")
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.addr
             .expect("the daemon was started with Daemon::start")

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -144,6 +145,9 @@ impl Farm {
 /// One `server` line's parts: its name, its backend's port, and the agent line it sends.
 pub type ServerLine<'a> = (&'a str, u16, String);
 
+/// One `server` line's parts with the backend's full address.
+pub type RemoteServer<'a> = (&'a str, SocketAddr, String);
+
 impl Haproxy {
     /// Starts haproxy in the foreground with `servers` (name, backend port, agent line).
     pub fn start(agent_port: u16, servers: &[ServerLine]) -> Haproxy {
@@ -152,6 +156,24 @@ impl Haproxy {
 
     /// Starts haproxy in the foreground with `servers` laid out as `farm` says.
     pub fn start_farm(agent_port: u16, servers: &[ServerLine], farm: &Farm) -> Haproxy {
+        let agent = SocketAddr::from(([127, 0, 0, 1], agent_port));
+        let servers: Vec<RemoteServer> = servers
+            .iter()
+            .map(|(name, port, line)| {
+                (
+                    *name,
+                    SocketAddr::from(([127, 0, 0, 1], *port)),
+                    line.clone(),
+                )
+            })
+            .collect();
+        Haproxy::start_remote(agent, &servers, farm)
+    }
+
+    /// Starts haproxy with servers and an agent at any address (the agent in a network
+    /// namespace, say).
+    pub fn start_remote(agent: SocketAddr, servers: &[RemoteServer], farm: &Farm) -> Haproxy {
+        let agent_port = agent.port();
         let dir =
             std::env::temp_dir().join(format!("hga-haproxy-{}-{agent_port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -171,9 +193,10 @@ impl Haproxy {
             agent_inter,
             ..
         } = farm;
-        for (name, port, line) in servers {
+        let agent_ip = agent.ip();
+        for (name, address, line) in servers {
             config.push_str(&format!(
-                "    server {name} 127.0.0.1:{port} {server_words} agent-check agent-addr 127.0.0.1 agent-port {agent_port} agent-inter {agent_inter} agent-send \"{line}\\n\"\n"
+                "    server {name} {address} {server_words} agent-check agent-addr {agent_ip} agent-port {agent_port} agent-inter {agent_inter} agent-send \"{line}\\n\"\n"
             ));
         }
         let config_path = dir.join("haproxy.cfg");
@@ -267,6 +290,38 @@ impl Haproxy {
              {seen:?} ({})",
             haproxy_binary().version
         );
+    }
+
+    /// Polls `show stat` until every named server's status starts with `status` and its
+    /// `last_agt` holds `reason`; returns when each was first seen so, from `since`.
+    pub async fn until_all(
+        &self,
+        names: &[String],
+        (status, reason): (&str, &str),
+        since: tokio::time::Instant,
+        within: Duration,
+    ) -> Vec<Duration> {
+        let mut seen: Vec<Option<Duration>> = vec![None; names.len()];
+        while seen.iter().any(Option::is_none) {
+            assert!(
+                since.elapsed() < within,
+                "not every server {status} with {reason:?} within {within:?}: {} of {}",
+                seen.iter().flatten().count(),
+                names.len()
+            );
+            let servers = self.servers().await;
+            let at = since.elapsed();
+            for (name, first) in names.iter().zip(seen.iter_mut()) {
+                let shown = servers
+                    .get(name)
+                    .is_some_and(|s| s.status.starts_with(status) && s.last_agt.contains(reason));
+                if first.is_none() && shown {
+                    *first = Some(at);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        seen.into_iter().flatten().collect()
     }
 
     /// Waits until every named server has the given effective weight and a `last_agt`

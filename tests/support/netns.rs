@@ -28,6 +28,8 @@ pub struct Netns {
     pub name: String,
     /// The veth end in the test's namespace.
     link: String,
+    /// The veth end in the namespace.
+    inner: String,
     v4: [u8; 3],
     v6: [u16; 4],
 }
@@ -59,10 +61,11 @@ impl Netns {
         let netns = Netns {
             name: format!("hga-{pid}-{counter}"),
             link: format!("hga{}h{counter}", pid % 100_000),
+            inner: format!("hga{}n{counter}", pid % 100_000),
             v4: [198, 18 + (index / 256) as u8, (index % 256) as u8],
             v6: [0xfd00, 0x5ee, (pid & 0xffff) as u16, counter as u16],
         };
-        let inner = format!("hga{}n{counter}", pid % 100_000);
+        let inner = netns.inner.clone();
         netns.ip(&["netns", "add", &netns.name]);
         netns.ip(&[
             "link",
@@ -186,6 +189,39 @@ impl Netns {
             args.push("nodad");
         }
         self.ip(&args);
+    }
+
+    /// Cuts the namespace off from `address` on the test's side: every packet the
+    /// namespace sends there goes to a MAC nobody has, so it is dropped, with no RST and
+    /// no ICMP (a dead link, as far as the namespace can tell). Connections open to it
+    /// go silent; new ones time out.
+    pub fn cut(&self, address: IpAddr) {
+        self.ip(&[
+            "-n",
+            &self.name,
+            "neigh",
+            "replace",
+            &address.to_string(),
+            "lladdr",
+            "02:00:00:00:00:03",
+            "dev",
+            &self.inner,
+            "nud",
+            "permanent",
+        ]);
+    }
+
+    /// Undoes [`Netns::cut`]: the namespace finds `address` by ARP (or ND) again.
+    pub fn heal(&self, address: IpAddr) {
+        self.ip(&[
+            "-n",
+            &self.name,
+            "neigh",
+            "del",
+            &address.to_string(),
+            "dev",
+            &self.inner,
+        ]);
     }
 
     /// Writes `/etc/netns/NAME/FILE` (`hosts`, `resolv.conf`), in place: a process already
