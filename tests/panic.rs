@@ -66,19 +66,7 @@ impl CutFarm {
             addresses.push(address);
             backends.push(backend);
         }
-        let inside = netns.inside_v4().to_string();
-        let mut args = vec![
-            "--server-bind",
-            inside.as_str(),
-            "--server-port",
-            "0",
-            "--metrics-bind",
-            inside.as_str(),
-            "--metrics-port",
-            "0",
-        ];
-        args.extend_from_slice(FLAGS);
-        let mut agent = Daemon::start_via(&netns.exec(), &args, &[]);
+        let mut agent = netns.start_agent(FLAGS);
         let admin = agent.admin_addr();
         CutFarm {
             netns,

@@ -405,18 +405,26 @@ fn an_outage_remembers_the_verdict_before_its_first_failure() {
     assert_eq!(cut.outage_from, Some(Verdict::Drain));
 }
 
+/// An up target that then cannot be reached for `failures` intervals while its group
+/// panics, checked held all along; its observations are an interval apart from `start`.
+fn held_through(failures: u32, rules: &Rules, start: Instant) -> Health {
+    let at = |n: u32| start + INTERVAL * n;
+    let mut health = Health::first(observation(serving(), at(0)), rules);
+    for n in 1..=failures {
+        health = health.next(observation(unreached(), at(n)), rules);
+        health.hold_for_panic();
+        assert!(health.up, "held at failure {n}");
+        assert_eq!(health.settled(at(n) + INTERVAL / 2).map(|h| h.up), None);
+    }
+    health
+}
+
 #[test]
 fn a_panic_holds_an_up_target_up_and_the_first_answer_resumes_it() {
     let rules = at_once();
     let start = Instant::now();
     let at = |n: u32| start + INTERVAL * n;
-    let mut health = Health::first(observation(serving(), at(0)), &rules);
-    for n in 1..=5 {
-        health = health.next(observation(unreached(), at(n)), &rules);
-        health.hold_for_panic();
-        assert!(health.up, "held at failure {n}");
-        assert_eq!(health.settled(at(n) + INTERVAL / 2).map(|h| h.up), None);
-    }
+    let health = held_through(5, &rules, start);
     let back = health.next(observation(serving(), at(6)), &rules);
     assert!(back.up, "resumed without counting rise");
     assert!(!back.held_by_panic);
@@ -431,11 +439,7 @@ fn after_a_panic_fall_counts_afresh() {
     let rules = at_once();
     let start = Instant::now();
     let at = |n: u32| start + INTERVAL * n;
-    let mut health = Health::first(observation(serving(), at(0)), &rules);
-    for n in 1..=5 {
-        health = health.next(observation(unreached(), at(n)), &rules);
-        health.hold_for_panic();
-    }
+    let health = held_through(5, &rules, start);
     // The panic is over; the target still cannot be reached.
     let mut health = health.next(observation(unreached(), at(6)), &rules);
     health.release_from_panic();

@@ -224,6 +224,24 @@ impl Netns {
         ]);
     }
 
+    /// The agent binary run inside the namespace, listening (agent port and admin) on the
+    /// namespace's side of the link, with `flags`.
+    pub fn start_agent(&self, flags: &[&str]) -> super::daemon::Daemon {
+        let inside = self.inside_v4().to_string();
+        let mut args = vec![
+            "--server-bind",
+            inside.as_str(),
+            "--server-port",
+            "0",
+            "--metrics-bind",
+            inside.as_str(),
+            "--metrics-port",
+            "0",
+        ];
+        args.extend_from_slice(flags);
+        super::daemon::Daemon::start_via(&self.exec(), &args, &[])
+    }
+
     /// Writes `/etc/netns/NAME/FILE` (`hosts`, `resolv.conf`), in place: a process already
     /// running in the namespace has the file mounted, and sees the new content.
     pub fn write_etc(&self, file: &str, body: &str) {
