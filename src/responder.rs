@@ -9,6 +9,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -358,22 +359,18 @@ async fn answer<A: Ask>(frame: Frame<'_>, oracle: &A, metrics: &Metrics) -> Answ
 struct FaultLog {
     epoch: Instant,
     /// Per cause: milliseconds after `epoch` of its latest fault, plus one (0: never).
-    last_ms: Vec<std::sync::atomic::AtomicU64>,
+    last_ms: Vec<AtomicU64>,
 }
 
 impl FaultLog {
     fn new() -> FaultLog {
         FaultLog {
             epoch: Instant::now(),
-            last_ms: FaultCause::ALL
-                .iter()
-                .map(|_| std::sync::atomic::AtomicU64::new(0))
-                .collect(),
+            last_ms: FaultCause::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
     fn record(&self, fault: &AgentFault, policy: FaultReply, metrics: &Metrics) {
-        use std::sync::atomic::Ordering;
         metrics.agent_fault(fault.cause, policy == FaultReply::Silent);
         let now = self.epoch.elapsed().as_millis() as u64 + 1;
         let last = self.last_ms[fault.cause as usize].swap(now, Ordering::Relaxed);

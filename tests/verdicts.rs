@@ -289,3 +289,36 @@ async fn haproxy_never_shows_a_slow_backend_down_across_an_agent_restart() {
     restarted.wait_for_log("\"first_probe_pending\"", Duration::from_secs(1));
     haproxy.wait_for("slow", "UP", "SERVING").await;
 }
+
+/// An agent fault is counted every time and logged once per episode; a deprecated
+/// setting still starts the agent, with a warning that says what to do.
+#[tokio::test]
+async fn an_agent_fault_is_logged_once_per_episode() {
+    let mut agent =
+        support::daemon::Daemon::start(&["--max-targets", "1", "--trust-watch", "true"], &[]);
+    agent.wait_for_log("\"deprecated setting ignored", Duration::from_secs(5));
+    let first = line_for(closed_port(), "");
+    assert!(
+        ask(agent.addr(), &first)
+            .await
+            .starts_with("down #connection refused")
+    );
+    let second = line_for(closed_port(), "other");
+    for _ in 0..5 {
+        assert_eq!(
+            ask(agent.addr(), &second).await,
+            "",
+            "silence for a full cache"
+        );
+    }
+    let logged = agent
+        .log()
+        .into_iter()
+        .filter(|line| line.contains("cannot answer from the backend's word"))
+        .collect::<Vec<_>>();
+    assert_eq!(logged.len(), 1, "{logged:#?}");
+    assert!(
+        logged[0].contains("\"cause\":\"target_limit\""),
+        "{logged:?}"
+    );
+}
