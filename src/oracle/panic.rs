@@ -45,26 +45,18 @@ pub(super) struct Panics {
     events: Events,
 }
 
+/// The live groups and endpoints, by name (a group's name is its key: `group=` names
+/// hold no `/`, and `authority/service` names always do).
 #[derive(Default)]
 struct Book {
-    groups: HashMap<GroupKey, Weak<Group>>,
-    endpoints: HashMap<EndpointKey, Weak<Group>>,
+    groups: HashMap<String, Weak<Group>>,
+    endpoints: HashMap<String, Weak<Group>>,
 }
-
-/// What a target is grouped by.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-enum GroupKey {
-    Named(String),
-    Service { authority: String, service: String },
-}
-
-/// Host, port, tls, authority: what shares connections.
-type EndpointKey = (String, u16, bool, String);
 
 /// Members and failing members of one group (for the agent: endpoints). Written under the
 /// book's lock, read without it.
 struct Group {
-    /// How logs, reasons and `/events` name it.
+    /// Its key in the book, and how logs, reasons and `/events` name it.
     name: String,
     members: AtomicUsize,
     failing: AtomicUsize,
@@ -100,9 +92,7 @@ impl Group {
 pub(super) struct Membership {
     panics: Arc<Panics>,
     group: Arc<Group>,
-    group_key: GroupKey,
     endpoint: Arc<Group>,
-    endpoint_key: EndpointKey,
     failing: AtomicBool,
 }
 
@@ -119,24 +109,18 @@ impl Panics {
 
     /// Counts `target` in its group, its endpoint and the agent.
     pub(super) fn join(self: &Arc<Self>, target: &Target) -> Membership {
-        let group_key = match &target.group {
-            Some(name) => GroupKey::Named(name.clone()),
-            None => GroupKey::Service {
-                authority: target.authority.clone(),
-                service: target.service.clone(),
-            },
+        let group_name = match &target.group {
+            Some(name) => name.clone(),
+            None => format!("{}/{}", target.authority, target.service),
         };
-        let endpoint_key = (
-            target.host.clone(),
-            target.port,
-            target.tls,
-            target.authority.clone(),
+        // What shares connections: host, port, tls, authority.
+        let endpoint_name = format!(
+            "{} {} {} {}",
+            target.host, target.port, target.tls, target.authority
         );
         let mut book = self.lock();
-        let group = find_or_add(&mut book.groups, &group_key, || group_name(&group_key));
-        let endpoint = find_or_add(&mut book.endpoints, &endpoint_key, || {
-            format!("{}:{}", endpoint_key.0, endpoint_key.1)
-        });
+        let group = find_or_add(&mut book.groups, group_name);
+        let endpoint = find_or_add(&mut book.endpoints, endpoint_name);
         group.members.fetch_add(1, Ordering::Relaxed);
         self.change_endpoint(&endpoint, |endpoint| {
             endpoint.members.fetch_add(1, Ordering::Relaxed);
@@ -146,9 +130,7 @@ impl Panics {
         Membership {
             panics: Arc::clone(self),
             group,
-            group_key,
             endpoint,
-            endpoint_key,
             failing: AtomicBool::new(false),
         }
     }
@@ -282,34 +264,22 @@ impl Drop for Membership {
             endpoint.members.fetch_sub(1, Ordering::Relaxed);
         });
         if self.group.members.load(Ordering::Relaxed) == 0 {
-            book.groups.remove(&self.group_key);
+            book.groups.remove(&self.group.name);
         }
         if self.endpoint.members.load(Ordering::Relaxed) == 0 {
-            book.endpoints.remove(&self.endpoint_key);
+            book.endpoints.remove(&self.endpoint.name);
         }
     }
 }
 
-/// The live group under `key`, or a new one.
-fn find_or_add<K: Clone + Eq + std::hash::Hash>(
-    map: &mut HashMap<K, Weak<Group>>,
-    key: &K,
-    name: impl FnOnce() -> String,
-) -> Arc<Group> {
-    if let Some(group) = map.get(key).and_then(Weak::upgrade) {
+/// The live group named `name`, or a new one.
+fn find_or_add(map: &mut HashMap<String, Weak<Group>>, name: String) -> Arc<Group> {
+    if let Some(group) = map.get(&name).and_then(Weak::upgrade) {
         return group;
     }
-    let group = Arc::new(Group::new(name()));
-    map.insert(key.clone(), Arc::downgrade(&group));
+    let group = Arc::new(Group::new(name.clone()));
+    map.insert(name, Arc::downgrade(&group));
     group
-}
-
-/// `group=NAME`'s name, or `authority/service` (`authority/` for the whole server).
-fn group_name(key: &GroupKey) -> String {
-    match key {
-        GroupKey::Named(name) => name.clone(),
-        GroupKey::Service { authority, service } => format!("{authority}/{service}"),
-    }
 }
 
 /// Adds one to `counter` when a condition turns true, takes one when it turns false.
