@@ -229,3 +229,45 @@ async fn a_reload_switches_between_watch_and_poll() {
     })
     .await;
 }
+
+/// A watched target is as fresh as its connection, which its liveness PING or Check hears
+/// every liveness interval: asked in a tight loop over several rounds, it never reads
+/// stale. (A PING sent at its due time used to skip the next round, leaving gaps of two
+/// intervals, longer than `--stale-after` plus one interval here: stale every third.)
+#[tokio::test]
+async fn a_watched_target_never_goes_stale_between_liveness_rounds() {
+    let backend = HealthBackend::start().await;
+    let agent = start_agent(&[
+        "--check-interval",
+        "100ms",
+        "--liveness-interval",
+        "1s",
+        "--grpc-connect-timeout",
+        "200ms",
+        "--grpc-rpc-timeout",
+        "200ms",
+    ])
+    .await;
+    let line = line_for(backend.port(), "");
+    reply_becomes(agent.addr, &line, "up #SERVING", WITHIN).await;
+    eventually(WITHIN, "the target is watched", || async {
+        backend_view(&agent, &line).await["mode"] == "watch"
+    })
+    .await;
+    let started = tokio::time::Instant::now();
+    let mut asks = 0;
+    let mut not_up = Vec::new();
+    while started.elapsed() < Duration::from_secs(7) {
+        let reply = ask(agent.addr, &line).await;
+        asks += 1;
+        if !reply.starts_with("up #SERVING") {
+            not_up.push((started.elapsed(), reply));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        not_up.is_empty(),
+        "{} of {asks} asks: {not_up:?}",
+        not_up.len()
+    );
+}

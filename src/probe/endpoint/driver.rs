@@ -155,11 +155,19 @@ impl Schedule {
             liveness.start(now + settings.rpc);
         }
         self.ping_now |= busy && silent_until <= now && !liveness.is_running();
-        self.keepalive_at = [unchecked_until, silent_until]
-            .into_iter()
-            .filter(|at| *at > now)
-            .min()
-            .unwrap_or(now + settings.keepalive);
+        // Silent until now: the PING (or Check) sent now is this round, and the next one
+        // is an interval from now. Skipping it would leave the connection unheard for two
+        // intervals, longer than a watched target may go before it reads stale.
+        let next_silent = if silent_until > now {
+            silent_until
+        } else {
+            now + settings.keepalive
+        };
+        self.keepalive_at = if unchecked_until > now {
+            unchecked_until.min(next_silent)
+        } else {
+            next_silent
+        };
     }
 
     /// The next instant the driver must look: the keep-alive, a PING's deadline, a retired
