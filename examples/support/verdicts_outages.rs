@@ -1,0 +1,413 @@
+//! `verdicts cut`, `verdicts restart` and `verdicts pair`: the agent's network cut at
+//! 1,000 targets, a restart at 10,000, and two agents on one farm, each asked the way
+//! HAProxy asks (every target once per period, spread).
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::agent_process::AgentProcess;
+use crate::asker::{Asker, Tally};
+use crate::backend::{HealthBackend, Wire};
+use crate::haproxy::{Farm, Haproxy, ServerLine};
+use crate::netns::{IP, Netns};
+use crate::{base_flags, farm, free_port, label, load, secs, spawn, stop, until_watched};
+
+/// Backends' addresses on the test's side of the namespace's link.
+const CUT_ADDRESSES: u8 = 10;
+
+/// Flags that find a dead connection within a few seconds, for old and new alike.
+const CUT_FLAGS: &[&str] = &[
+    "--check-interval",
+    "1s",
+    "--liveness-interval",
+    "2s",
+    "--grpc-connect-timeout",
+    "500ms",
+    "--grpc-rpc-timeout",
+    "500ms",
+];
+
+/// The agent inside a namespace, its backends on ten addresses outside, asked every
+/// 500 ms; every address cut for `cut_for`, then healed.
+pub async fn cut(agents: &[PathBuf], backends: usize, services: usize, cut_for: Duration) {
+    let netns = tokio::task::block_in_place(Netns::new);
+    let addresses: Vec<IpAddr> = (0..CUT_ADDRESSES).map(|n| netns.v4(10 + n)).collect();
+    for address in &addresses {
+        netns.add_outside(*address);
+    }
+    let (_farm, lines) = farm::start_farm_on(&addresses, backends, services).await;
+    let lines = Arc::new(lines);
+    let targets = lines.len();
+    println!(
+        "cut: {targets} targets ({backends} backends x {services} services on {} addresses), agent in namespace {}, asked every 500ms; flags {}",
+        addresses.len(),
+        netns.name,
+        CUT_FLAGS.join(" ")
+    );
+    let max_targets = (targets + 10).to_string();
+    let mut rows = Vec::new();
+    for binary in agents {
+        let mut words: Vec<String> = vec![
+            "netns".into(),
+            "exec".into(),
+            netns.name.clone(),
+            label(binary),
+        ];
+        words.extend(base_flags(&netns.inside_v4().to_string(), 0));
+        words.extend(CUT_FLAGS.iter().map(|flag| flag.to_string()));
+        words.extend(["--max-targets".to_string(), max_targets.clone()]);
+        let mut agent = tokio::task::block_in_place(|| AgentProcess::spawn(Path::new(IP), &words));
+        load::warm_up(agent.addr, &lines).await;
+        until_watched(agent.admin, targets, Duration::from_secs(60)).await;
+        let asker = Asker::start(agent.addr, &lines, Duration::from_millis(500));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let cut = Instant::now();
+        tokio::task::block_in_place(|| addresses.iter().for_each(|a| netns.cut(*a)));
+        tokio::time::sleep(cut_for).await;
+        let healed = Instant::now();
+        tokio::task::block_in_place(|| addresses.iter().for_each(|a| netns.heal(*a)));
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let ended = Instant::now();
+        let answers = asker.finish().await;
+        let during = answers.tally(cut, healed);
+        let after = answers.tally(healed, ended);
+        let live = answers.all_live_after(healed);
+        println!("{}:", label(binary));
+        println!("  before the cut  {}", answers.tally(answers.started, cut));
+        println!("  during the cut  {during}");
+        println!("  after the heal  {after}");
+        println!("  down replies by reason: {:?}", answers.down_reasons);
+        println!(
+            "  every target answering a live up after the heal: {}",
+            live.map_or("not within 20s".to_string(), secs)
+        );
+        rows.push((binary.clone(), during, after, live));
+        stop(&mut agent);
+    }
+    println!(
+        "\n| binary | asks during the cut | down (goal 0) | held (up #panic) | live up | silent | down after the heal | all live after the heal |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (binary, during, after, live) in rows {
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            label(&binary),
+            during.asks,
+            during.down,
+            during.held,
+            during.up,
+            during.silent,
+            after.down,
+            live.map_or("> 20s".to_string(), secs)
+        );
+    }
+}
+
+/// Check and Watch calls the farm received so far.
+fn farm_rpcs(farm: &[HealthBackend]) -> u64 {
+    farm.iter()
+        .map(|backend| backend.total_checks() + backend.watches())
+        .sum()
+}
+
+/// 10,000 targets asked every 2 s; SIGTERM and a new agent on the same port.
+pub async fn restart(agents: &[PathBuf], backends: usize, services: usize) {
+    let (farm, lines) = farm::start_farm(backends, services).await;
+    let lines = Arc::new(lines);
+    let targets = lines.len();
+    let port = free_port();
+    let max_targets = (targets + 10).to_string();
+    let flags = ["--max-targets", &max_targets, "--idle-ttl", "1h"];
+    println!(
+        "restart: {targets} targets ({backends} backends x {services} services), asked every 2s, agent on port {port}"
+    );
+    let mut rows = Vec::new();
+    for binary in agents {
+        let mut agent = spawn(binary, port, &flags);
+        let warming = Instant::now();
+        load::warm_up(agent.addr, &lines).await;
+        let watched_in = until_watched(agent.admin, targets, Duration::from_secs(120)).await;
+        println!(
+            "{}: {targets} up in {}, all watched {} later",
+            label(binary),
+            secs(warming.elapsed() - watched_in),
+            secs(watched_in)
+        );
+        let asker = Asker::start(agent.addr, &lines, Duration::from_secs(2));
+        let before = farm_rpcs(&farm);
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let steady = (farm_rpcs(&farm) - before) as f64 / 6.0;
+        let restarted = Instant::now();
+        stop(&mut agent);
+        let stopped_in = restarted.elapsed();
+        let mut agent = spawn(binary, port, &flags);
+        let listening_in = restarted.elapsed();
+        let mut per_second = Vec::new();
+        let mut ticks = tokio::time::interval(Duration::from_secs(1));
+        ticks.tick().await;
+        let mut last = farm_rpcs(&farm);
+        for _ in 0..20 {
+            ticks.tick().await;
+            let now = farm_rpcs(&farm);
+            per_second.push(now - last);
+            last = now;
+        }
+        let answers = asker.finish().await;
+        let first = answers.tally(restarted, restarted + Duration::from_secs(10));
+        let live = answers.all_live_after(restarted);
+        println!(
+            "  SIGTERM to exit {}, to the new agent listening {}",
+            secs(stopped_in),
+            secs(listening_in)
+        );
+        println!("  first 10s after SIGTERM: {first}");
+        println!("  down replies by reason: {:?}", answers.down_reasons);
+        println!(
+            "  every target answering a live up: {} after SIGTERM (asks 2s apart)",
+            live.map_or("not within 20s".to_string(), secs)
+        );
+        println!(
+            "  backends' probe rate (Checks + Watch opens per second): steady {steady:.0}; after the restart, second by second: {per_second:?}"
+        );
+        rows.push((binary.clone(), first, live, per_second));
+        stop(&mut agent);
+    }
+    println!(
+        "\n| binary | asks in 10s | refused | silent | down | up | all live | peak probes/s | probes in the first 10s |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (binary, first, live, per_second) in rows {
+        let Tally {
+            asks,
+            up,
+            held,
+            down,
+            silent,
+            refused,
+            ..
+        } = first;
+        println!(
+            "| {} | {asks} | {refused} | {silent} | {down} | {} | {} | {} | {} |",
+            label(&binary),
+            up + held,
+            live.map_or("> 20s".to_string(), secs),
+            per_second.iter().max().unwrap_or(&0),
+            per_second.iter().take(10).sum::<u64>()
+        );
+    }
+}
+
+/// What the farm and the agents cost over one window.
+struct Load {
+    watch_streams: usize,
+    watch_opens_per_second: f64,
+    checks_per_second: f64,
+    connections: usize,
+    /// Each agent's CPU (percent of one core) and RSS (KiB).
+    agents: Vec<(f64, u64)>,
+}
+
+async fn measure(farm: &[HealthBackend], agents: &[&AgentProcess], window: Duration) -> Load {
+    let checks = || farm.iter().map(HealthBackend::total_checks).sum::<u64>();
+    let watches = || farm.iter().map(HealthBackend::watches).sum::<u64>();
+    let (checks_before, watches_before) = (checks(), watches());
+    let before: Vec<f64> = agents.iter().map(|a| a.stats().cpu_seconds).collect();
+    tokio::time::sleep(window).await;
+    let seconds = window.as_secs_f64();
+    Load {
+        watch_streams: farm.iter().map(HealthBackend::open_watches).sum(),
+        watch_opens_per_second: (watches() - watches_before) as f64 / seconds,
+        checks_per_second: (checks() - checks_before) as f64 / seconds,
+        connections: farm.iter().map(HealthBackend::open_connections).sum(),
+        agents: agents
+            .iter()
+            .zip(before)
+            .map(|(agent, cpu)| {
+                let stats = agent.stats();
+                ((stats.cpu_seconds - cpu) * 100.0 / seconds, stats.rss_kib)
+            })
+            .collect(),
+    }
+}
+
+/// HAProxy's own TCP check beside the agent's, at the agent-inter.
+const PAIR_FARM: Farm = Farm {
+    server_words: "check inter 2s",
+    agent_inter: "500ms",
+    frontend_port: None,
+};
+
+/// One agent, then two, on one farm; then two HAProxy instances with their own agents or
+/// one shared agent, and that agent killed and restarted.
+pub async fn pair(binary: &Path, backends: usize, services: usize, servers: usize) {
+    let (farm, lines) = farm::start_farm(backends, services).await;
+    let lines = Arc::new(lines);
+    let targets = lines.len();
+    let max_targets = (targets + 10).to_string();
+    let flags = ["--max-targets", max_targets.as_str()];
+    let (port1, port2) = (free_port(), free_port());
+    println!(
+        "pair: {targets} targets ({backends} backends x {services} services), {}; each agent asked for every target every 2s",
+        label(binary)
+    );
+    let window = Duration::from_secs(20);
+    let ready = |agent: &AgentProcess| {
+        let (addr, admin) = (agent.addr, agent.admin);
+        let lines = Arc::clone(&lines);
+        async move {
+            load::warm_up(addr, &lines).await;
+            until_watched(admin, targets, Duration::from_secs(60)).await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Asker::start(addr, &lines, Duration::from_secs(2))
+        }
+    };
+    let mut first = spawn(binary, port1, &flags);
+    let asker1 = ready(&first).await;
+    let one = measure(&farm, &[&first], window).await;
+    let mut second = spawn(binary, port2, &flags);
+    let asker2 = ready(&second).await;
+    let two = measure(&farm, &[&first, &second], window).await;
+    asker1.finish().await;
+    asker2.finish().await;
+    println!(
+        "\n| agents | Watch streams open | Watch opens/s | Checks/s | backend connections | agent CPU (% of a core) | agent RSS (MiB) |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (count, load) in [(1, &one), (2, &two)] {
+        let cpu: Vec<String> = load.agents.iter().map(|a| format!("{:.1}", a.0)).collect();
+        let rss: Vec<String> = load
+            .agents
+            .iter()
+            .map(|a| format!("{:.1}", a.1 as f64 / 1024.0))
+            .collect();
+        println!(
+            "| {count} | {} | {:.2} | {:.1} | {} | {} | {} |",
+            load.watch_streams,
+            load.watch_opens_per_second,
+            load.checks_per_second,
+            load.connections,
+            cpu.join(" + "),
+            rss.join(" + ")
+        );
+    }
+
+    let names: Vec<(String, u16, String)> = (0..servers.min(targets))
+        .map(|n| {
+            let port = farm[n / services].port();
+            (format!("t{n}"), port, lines[n].trim_end().to_string())
+        })
+        .collect();
+    println!(
+        "\nHAProxy: two instances of {} servers each, agent-inter 500ms, check inter 2s; the agent SIGKILLed at 0s, t0 NOT_SERVING at 2s, the agent started again at 10s",
+        names.len()
+    );
+    // Each HAProxy host with its own agent, then both with the first.
+    for (scenario, ports) in [
+        ("one agent beside each HAProxy", (port1, port2)),
+        ("one shared agent", (port1, port1)),
+    ] {
+        first = outage(scenario, binary, &flags, &farm[0], &names, ports, first).await;
+    }
+    stop(&mut first);
+    stop(&mut second);
+}
+
+/// Two HAProxy instances asking the agents on `ports`; the agent on the first port
+/// (`agent`) killed, then started again; returns the new one.
+async fn outage(
+    scenario: &str,
+    binary: &Path,
+    flags: &[&str],
+    first_backend: &HealthBackend,
+    servers: &[(String, u16, String)],
+    (port1, port2): (u16, u16),
+    mut agent: AgentProcess,
+) -> AgentProcess {
+    let lines: Vec<ServerLine> = servers
+        .iter()
+        .map(|(name, port, line)| (name.as_str(), *port, line.clone()))
+        .collect();
+    let names: Vec<String> = servers.iter().map(|(name, _, _)| name.clone()).collect();
+    let haproxies = [
+        Haproxy::start_farm(port1, &lines, &PAIR_FARM),
+        Haproxy::start_farm(port2, &lines, &PAIR_FARM),
+    ];
+    for haproxy in &haproxies {
+        let within = Duration::from_secs(60);
+        haproxy
+            .until_all(&names, ("UP", "SERVING"), Instant::now(), within)
+            .await;
+    }
+    println!("\n{scenario}: HAProxy 1 asks the agent on port {port1}, HAProxy 2 on port {port2}");
+    let killed = Instant::now();
+    tokio::task::block_in_place(|| agent.kill());
+    let service = farm::service(0);
+    let mut flipped = false;
+    let mut restarted = None;
+    let mut shown_down = [None, None];
+    let mut shown_up_again = [None, None];
+    let mut ticks = tokio::time::interval(Duration::from_millis(100));
+    let mut next_print = Duration::ZERO;
+    while killed.elapsed() < Duration::from_secs(20) {
+        ticks.tick().await;
+        let at = killed.elapsed();
+        if !flipped && at >= Duration::from_secs(2) {
+            first_backend.set(&service, Wire::NotServing);
+            flipped = true;
+        }
+        if restarted.is_none() && at >= Duration::from_secs(10) {
+            first_backend.set(&service, Wire::Serving);
+            agent = spawn(binary, port1, flags);
+            restarted = Some(killed.elapsed());
+        }
+        let mut line = format!("  {:>5.1}s", at.as_secs_f64());
+        for (n, haproxy) in haproxies.iter().enumerate() {
+            let stats = haproxy.servers().await;
+            let up = stats
+                .values()
+                .filter(|s| s.status.starts_with("UP"))
+                .count();
+            let down = stats
+                .values()
+                .filter(|s| s.status.starts_with("DOWN"))
+                .count();
+            let t0 = stats
+                .get("t0")
+                .map(|s| s.status.clone())
+                .unwrap_or_default();
+            if flipped && shown_down[n].is_none() && t0.starts_with("DOWN") {
+                shown_down[n] = Some(at);
+            }
+            if shown_down[n].is_some() && shown_up_again[n].is_none() && t0.starts_with("UP") {
+                shown_up_again[n] = Some(at);
+            }
+            let sample = stats
+                .get("t1")
+                .map(|s| s.last_agt.clone())
+                .unwrap_or_default();
+            line.push_str(&format!(
+                " | HAProxy {}: {up} UP {down} DOWN, t0 {t0}, t1 last_agt {sample:?}",
+                n + 1
+            ));
+        }
+        if at >= next_print {
+            println!("{line}");
+            next_print += Duration::from_secs(1);
+        }
+    }
+    let show = |at: Option<Duration>| at.map_or("never".to_string(), secs);
+    for n in 0..2 {
+        println!(
+            "  HAProxy {}: t0 (NOT_SERVING at 2.00s) DOWN at {}, UP again at {}; agent started again at {}",
+            n + 1,
+            show(shown_down[n]),
+            show(shown_up_again[n]),
+            show(restarted)
+        );
+    }
+    agent
+}
