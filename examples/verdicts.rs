@@ -218,7 +218,7 @@ struct Asked {
 impl Asked {
     fn add(&mut self, outcome: Outcome, reply: &str) {
         self.tally.add(outcome);
-        let kind = reply.split(['(', ':']).next().unwrap_or(reply).to_string();
+        let kind = asker::reason_kind(reply);
         if !self.seen.contains(&kind) {
             self.seen.push(kind);
         }

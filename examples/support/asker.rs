@@ -169,9 +169,10 @@ impl Asker {
     }
 }
 
-/// A `down` reply's reason without its figures, so that replies of one kind count
-/// together (`down #stale: no probe for 9100ms` is `down #stale`).
-fn reason_kind(reply: &str) -> String {
+/// A reply without its figures, so that replies of one kind count together
+/// (`down #stale: no probe for 9100ms` is `down #stale`, `up #SERVING 0.4ms` is
+/// `up #SERVING`).
+pub fn reason_kind(reply: &str) -> String {
     reply
         .split([':', '(', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9'])
         .next()
