@@ -2,7 +2,7 @@
 //! 1,000 targets, a restart at 10,000, and two agents on one farm, each asked the way
 //! HAProxy asks (every target once per period, spread).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -201,6 +201,21 @@ pub async fn restart(agents: &[PathBuf], backends: usize, services: usize) {
     }
 }
 
+/// The agent's `agent_faults_total` counts (the silences it chose), from /metrics.
+async fn silences(admin: SocketAddr) -> String {
+    let text = crate::http::get(admin, "/metrics").await.body;
+    let counts: Vec<&str> = text
+        .lines()
+        .filter(|line| line.contains("agent_faults_total{"))
+        .map(|line| line.trim_start_matches("haproxy_grpc_agent_agent_faults_total"))
+        .collect();
+    if counts.is_empty() {
+        "none".to_string()
+    } else {
+        counts.join(", ")
+    }
+}
+
 /// What the farm and the agents cost over one window.
 struct Load {
     watch_streams: usize,
@@ -302,31 +317,50 @@ pub async fn pair(binary: &Path, backends: usize, services: usize, servers: usiz
         })
         .collect();
     println!(
-        "\nHAProxy: two instances of {} servers each, agent-inter 500ms, check inter 2s; the agent SIGKILLed at 0s, t0 NOT_SERVING at 2s, the agent started again at 10s",
+        "\nHAProxy: two instances of {} servers each, agent-inter 500ms, check inter 2s; the agent SIGKILLed at 0s, t0 NOT_SERVING from 2s to 14s, the agent started again at 10s",
         names.len()
     );
+    let stage = Stage {
+        binary,
+        flags: &flags,
+        first_backend: &farm[0],
+        servers: &names,
+    };
     // Each HAProxy host with its own agent, then both with the first.
     for (scenario, ports) in [
         ("one agent beside each HAProxy", (port1, port2)),
         ("one shared agent", (port1, port1)),
     ] {
-        first = outage(scenario, binary, &flags, &farm[0], &names, ports, first).await;
+        first = outage(&stage, scenario, ports, first, second.admin).await;
     }
     stop(&mut first);
     stop(&mut second);
 }
 
+/// What every outage scenario of `pair` shares.
+struct Stage<'a> {
+    binary: &'a Path,
+    flags: &'a [&'a str],
+    /// The backend of target t0 (the first), flipped during the outage.
+    first_backend: &'a HealthBackend,
+    servers: &'a [(String, u16, String)],
+}
+
 /// Two HAProxy instances asking the agents on `ports`; the agent on the first port
 /// (`agent`) killed, then started again; returns the new one.
 async fn outage(
+    stage: &Stage<'_>,
     scenario: &str,
-    binary: &Path,
-    flags: &[&str],
-    first_backend: &HealthBackend,
-    servers: &[(String, u16, String)],
     (port1, port2): (u16, u16),
     mut agent: AgentProcess,
+    other_admin: SocketAddr,
 ) -> AgentProcess {
+    let Stage {
+        binary,
+        flags,
+        first_backend,
+        servers,
+    } = *stage;
     let lines: Vec<ServerLine> = servers
         .iter()
         .map(|(name, port, line)| (name.as_str(), *port, line.clone()))
@@ -342,6 +376,7 @@ async fn outage(
             .until_all(&names, ("UP", "SERVING"), Instant::now(), within)
             .await;
     }
+    let admins = [agent.admin, other_admin];
     println!("\n{scenario}: HAProxy 1 asks the agent on port {port1}, HAProxy 2 on port {port2}");
     let killed = Instant::now();
     tokio::task::block_in_place(|| agent.kill());
@@ -352,7 +387,7 @@ async fn outage(
     let mut shown_up_again = [None, None];
     let mut ticks = tokio::time::interval(Duration::from_millis(100));
     let mut next_print = Duration::ZERO;
-    while killed.elapsed() < Duration::from_secs(20) {
+    while killed.elapsed() < Duration::from_secs(22) {
         ticks.tick().await;
         let at = killed.elapsed();
         if !flipped && at >= Duration::from_secs(2) {
@@ -360,9 +395,11 @@ async fn outage(
             flipped = true;
         }
         if restarted.is_none() && at >= Duration::from_secs(10) {
-            first_backend.set(&service, Wire::Serving);
             agent = spawn(binary, port1, flags);
             restarted = Some(killed.elapsed());
+        }
+        if flipped && at >= Duration::from_secs(14) {
+            first_backend.set(&service, Wire::Serving);
         }
         let mut line = format!("  {:>5.1}s", at.as_secs_f64());
         for (n, haproxy) in haproxies.iter().enumerate() {
@@ -402,12 +439,15 @@ async fn outage(
     let show = |at: Option<Duration>| at.map_or("never".to_string(), secs);
     for n in 0..2 {
         println!(
-            "  HAProxy {}: t0 (NOT_SERVING at 2.00s) DOWN at {}, UP again at {}; agent started again at {}",
+            "  HAProxy {}: t0 (NOT_SERVING from 2.00s to 14.00s) DOWN at {}, UP again at {}; agent started again at {}",
             n + 1,
             show(shown_down[n]),
             show(shown_up_again[n]),
             show(restarted)
         );
+    }
+    for (n, admin) in admins.iter().enumerate() {
+        println!("  agent {} silences: {}", n + 1, silences(*admin).await);
     }
     agent
 }
