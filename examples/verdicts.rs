@@ -105,6 +105,22 @@ pub enum Case {
         #[arg(long, default_value_t = 10)]
         services: usize,
     },
+    /// A healthy farm asked every `--every` for `--during`, nothing happening: every
+    /// answer should be a live `up`; prints any other answer by second and
+    /// the agent's silences by cause.
+    Steady {
+        #[arg(long, default_value_t = 100)]
+        backends: usize,
+        #[arg(long, default_value_t = 10)]
+        services: usize,
+        #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+        every: Duration,
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        during: Duration,
+        /// More flags for the agent (repeatable), e.g. --agent-flag=--liveness-interval=5s.
+        #[arg(long = "agent-flag", allow_hyphen_values = true)]
+        agent_flags: Vec<String>,
+    },
     /// One agent, then two, on one farm: the backends' load and the agents' cost; then
     /// two HAProxy instances, each with its own agent or both with one, and an agent
     /// killed. Uses the last --agent.
@@ -141,6 +157,16 @@ fn main() {
             } => verdicts_outages::cut(agents, *backends, *services, *cut_for).await,
             Case::Restart { backends, services } => {
                 verdicts_outages::restart(agents, *backends, *services).await
+            }
+            Case::Steady {
+                backends,
+                services,
+                every,
+                during,
+                agent_flags,
+            } => {
+                let farm = (*backends, *services);
+                verdicts_outages::steady(agents, farm, *every, *during, agent_flags).await
             }
             Case::Pair {
                 backends,

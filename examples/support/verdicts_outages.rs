@@ -107,6 +107,54 @@ pub async fn cut(agents: &[PathBuf], backends: usize, services: usize, cut_for: 
     }
 }
 
+/// A healthy farm, nothing happening, asked as HAProxy asks: anything but a live `up`
+/// is the agent's doing.
+pub async fn steady(
+    agents: &[PathBuf],
+    (backends, services): (usize, usize),
+    every: Duration,
+    during: Duration,
+    agent_flags: &[String],
+) {
+    let (_farm, lines) = farm::start_farm(backends, services).await;
+    let lines = Arc::new(lines);
+    let targets = lines.len();
+    let max_targets = (targets + 10).to_string();
+    println!(
+        "steady: {targets} targets, asked every {every:?} for {during:?}; agent flags {}",
+        agent_flags.join(" ")
+    );
+    for binary in agents {
+        let mut flags = vec!["--max-targets", &max_targets];
+        flags.extend(agent_flags.iter().map(String::as_str));
+        let mut agent = spawn(binary, 0, &flags);
+        let started = Instant::now();
+        load::warm_up(agent.addr, &lines).await;
+        until_watched(agent.admin, targets, Duration::from_secs(60)).await;
+        println!(
+            "{}: all up and watched {} after the start",
+            label(binary),
+            secs(started.elapsed())
+        );
+        let asker = Asker::start(agent.addr, &lines, every);
+        tokio::time::sleep(during).await;
+        let answers = asker.finish().await;
+        let stretch = Duration::from_secs(1);
+        let mut from = answers.started;
+        while from < answers.started + during {
+            let tally = answers.tally(from, from + stretch);
+            if tally.up != tally.asks {
+                let offset = from - answers.started;
+                println!("  {:>3}s..+1s {tally}", offset.as_secs());
+            }
+            from += stretch;
+        }
+        println!("  all: {}", answers.tally(answers.started, Instant::now()));
+        println!("  silences: {}", silences(agent.admin).await);
+        stop(&mut agent);
+    }
+}
+
 /// Check and Watch calls the farm received so far.
 fn farm_rpcs(farm: &[HealthBackend]) -> u64 {
     farm.iter()
@@ -376,7 +424,6 @@ async fn outage(
             .until_all(&names, ("UP", "SERVING"), Instant::now(), within)
             .await;
     }
-    let admins = [agent.admin, other_admin];
     println!("\n{scenario}: HAProxy 1 asks the agent on port {port1}, HAProxy 2 on port {port2}");
     let killed = Instant::now();
     tokio::task::block_in_place(|| agent.kill());
@@ -446,8 +493,11 @@ async fn outage(
             show(restarted)
         );
     }
-    for (n, admin) in admins.iter().enumerate() {
-        println!("  agent {} silences: {}", n + 1, silences(*admin).await);
+    for (which, admin) in [
+        ("agent 1 (restarted)", agent.admin),
+        ("agent 2", other_admin),
+    ] {
+        println!("  {which} silences: {}", silences(admin).await);
     }
     agent
 }
