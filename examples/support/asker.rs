@@ -94,11 +94,14 @@ pub struct Answer {
     pub outcome: Outcome,
 }
 
+/// One target's answers, and its `down` replies by reason.
+type TargetAnswers = (Vec<Answer>, BTreeMap<String, u64>);
+
 /// Asks running in the background until [`Asker::finish`].
 pub struct Asker {
     started: Instant,
     stop: watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<(Vec<Answer>, BTreeMap<String, u64>)>>,
+    tasks: Vec<tokio::task::JoinHandle<TargetAnswers>>,
     targets: usize,
 }
 

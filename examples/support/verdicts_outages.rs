@@ -317,7 +317,8 @@ pub async fn pair(binary: &Path, backends: usize, services: usize, servers: usiz
         "pair: {targets} targets ({backends} backends x {services} services), {}; each agent asked for every target every 2s",
         label(binary)
     );
-    let window = Duration::from_secs(20);
+    // Longer than one liveness round with its Check (every third of 10 s), with jitter.
+    let window = Duration::from_secs(32);
     let ready = |agent: &AgentProcess| {
         let (addr, admin) = (agent.addr, agent.admin);
         let lines = Arc::clone(&lines);
