@@ -1,8 +1,9 @@
 //! Whose word a verdict is (issue 19), measured on agent binaries run as child processes:
 //! the backend's own NOT_SERVING reaching HAProxy as DOWN, the agent's own faults
 //! answered with silence rather than `down`, the agent's network cut at 1,000 targets, a
-//! restart at 10,000, and two agents on one farm. `--agent` is repeatable; the first is
-//! the baseline of the ratios, and every binary runs against the same farm in one run.
+//! restart at 10,000, two agents on one farm, and a healthy farm where nothing happens.
+//! `--agent` is repeatable; the first is the baseline of the ratios, and every binary
+//! runs against the same farm in one run.
 //!
 //! ```text
 //! cargo build --release --bin haproxy-grpc-agent --example verdicts
@@ -13,6 +14,7 @@
 //! target/release/examples/verdicts $B cut          # root: a network namespace
 //! target/release/examples/verdicts $B restart
 //! target/release/examples/verdicts --agent target/release/haproxy-grpc-agent pair
+//! target/release/examples/verdicts $B steady --during 70s   # nothing wrong: all up?
 //! ```
 //!
 //! Each case prints its figures as it goes and a table at its end. Everything but the
@@ -45,6 +47,8 @@ mod proxy;
 mod verdicts_faults;
 #[path = "support/verdicts_outages.rs"]
 mod verdicts_outages;
+#[path = "support/verdicts_pair.rs"]
+mod verdicts_pair;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -174,7 +178,7 @@ fn main() {
                 servers,
             } => {
                 let binary = agents.last().expect("an --agent");
-                verdicts_outages::pair(binary, *backends, *services, *servers).await
+                verdicts_pair::pair(binary, *backends, *services, *servers).await
             }
         }
     });
