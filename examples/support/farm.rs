@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -25,8 +26,20 @@ pub fn service(index: usize) -> String {
 
 /// `backends` backends serving `services` services each; the lines are in backend order.
 pub async fn start_farm(backends: usize, services: usize) -> (Vec<HealthBackend>, Vec<String>) {
-    start(backends, services, None).await
+    start(&[LOOPBACK], backends, services, None).await
 }
+
+/// As [`start_farm`], backend `b` listening on `addresses[b % addresses.len()]` (the far
+/// side of a network namespace's link, say).
+pub async fn start_farm_on(
+    addresses: &[IpAddr],
+    backends: usize,
+    services: usize,
+) -> (Vec<HealthBackend>, Vec<String>) {
+    start(addresses, backends, services, None).await
+}
+
+const LOOPBACK: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
 /// As [`start_farm`], and every backend serves ORCA load reports of `cpu_utilization`;
 /// the returned counts cover the whole farm.
@@ -44,33 +57,32 @@ pub async fn start_orca_farm(
         open_streams: AtomicUsize::new(0),
         reports: AtomicU64::new(0),
     });
-    let (farm, lines) = start(backends, services, Some(&orca)).await;
+    let (farm, lines) = start(&[LOOPBACK], backends, services, Some(&orca)).await;
     (farm, lines, orca)
 }
 
 async fn start(
+    addresses: &[IpAddr],
     backends: usize,
     services: usize,
     orca: Option<&Arc<OrcaCounts>>,
 ) -> (Vec<HealthBackend>, Vec<String>) {
     let mut farm = Vec::with_capacity(backends);
     let mut lines = Vec::with_capacity(backends * services);
-    for _ in 0..backends {
+    for b in 0..backends {
         let neighbour = orca.map(|orca| Neighbour {
             path_prefix: "/xds.service.orca.v3.OpenRcaService/",
             service: tower::util::BoxCloneService::new(OpenRcaServiceServer::new(FixedReport(
                 Arc::clone(orca),
             ))),
         });
-        let addr = "127.0.0.1:0".parse().unwrap();
+        let ip = addresses[b % addresses.len()];
+        let addr = SocketAddr::new(ip, 0);
         let backend = HealthBackend::start_beside(addr, None, neighbour).await;
         for index in 0..services {
             let name = service(index);
             backend.set(&name, Wire::Serving);
-            lines.push(format!(
-                "127.0.0.1 {} no-ssl localhost {name}\n",
-                backend.port()
-            ));
+            lines.push(format!("{ip} {} no-ssl localhost {name}\n", backend.port()));
         }
         farm.push(backend);
     }

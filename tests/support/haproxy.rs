@@ -10,6 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -174,8 +175,13 @@ impl Haproxy {
     /// namespace, say).
     pub fn start_remote(agent: SocketAddr, servers: &[RemoteServer], farm: &Farm) -> Haproxy {
         let agent_port = agent.port();
-        let dir =
-            std::env::temp_dir().join(format!("hga-haproxy-{}-{agent_port}", std::process::id()));
+        // Two instances may ask one agent (a benchmark's shared agent): each its own dir.
+        static STARTED: AtomicU32 = AtomicU32::new(0);
+        let instance = STARTED.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!(
+            "hga-haproxy-{}-{agent_port}-{instance}",
+            std::process::id()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let mut config = format!(
             "global\n    stats socket {}/admin.sock mode 600 level admin\n\n\

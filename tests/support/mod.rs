@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+mod abort;
 pub mod backend;
 pub mod daemon;
 pub mod haproxy;
@@ -16,6 +17,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub use abort::AbortOnDrop;
 use haproxy_grpc_agent::App;
 use haproxy_grpc_agent::config::Settings;
 use haproxy_grpc_agent::oracle::Oracle;
@@ -266,15 +268,6 @@ pub async fn unimplemented_backend() -> (u16, AbortOnDrop) {
 pub fn closed_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
-}
-
-/// Aborts a spawned task when dropped.
-pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// A CA made at test time and a server certificate it signed.
