@@ -12,6 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use support::backend::HealthBackend;
+use support::daemon::Daemon;
 use support::netns::{Netns, SilentDns, TableDns};
 use support::{ask, eventually, reply_becomes};
 use tokio::time::Instant;
@@ -33,7 +34,7 @@ async fn up_beside_a_blackhole(case: &str, hosts: impl Fn(&Netns) -> Vec<IpAddr>
         .map(|addr| format!("{addr} eyeballs.test\n"))
         .collect();
     netns.write_etc("hosts", &listed);
-    let agent = netns.start_agent(&[]);
+    let agent = Daemon::start_in(&netns, &[]);
     let started = Instant::now();
     let reply = reply_becomes(
         agent.addr(),
@@ -87,7 +88,7 @@ async fn a_nameserver_that_never_answers_delays_no_other_name() {
     // 600 names that cannot be resolved are most of the agent's endpoints: that looks like
     // the agent's own trouble, and a panic would answer them with silence. This test is
     // about the reasons and the delays, so panic is off.
-    let agent = netns.start_agent(&["--panic-threshold", "0"]);
+    let agent = Daemon::start_in(&netns, &["--panic-threshold", "0"]);
     let addr = agent.addr();
 
     let mut asking = tokio::task::JoinSet::new();
@@ -147,14 +148,17 @@ async fn moves_with_its_name(mode: &str) {
     netns.add_outside(moved_to);
     let new = HealthBackend::start_on(SocketAddr::new(moved_to, old.port()), None).await;
     dns.set("moving.test", &[netns.outside_v4()]);
-    let agent = netns.start_agent(&[
-        "--health-mode",
-        mode,
-        "--check-interval",
-        "200ms",
-        "--liveness-interval",
-        "200ms",
-    ]);
+    let agent = Daemon::start_in(
+        &netns,
+        &[
+            "--health-mode",
+            mode,
+            "--check-interval",
+            "200ms",
+            "--liveness-interval",
+            "200ms",
+        ],
+    );
     let moving = line("moving.test", old.port());
     reply_becomes(agent.addr(), &moving, "up", Duration::from_secs(5)).await;
     eventually(

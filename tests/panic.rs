@@ -66,7 +66,7 @@ impl CutFarm {
             addresses.push(address);
             backends.push(backend);
         }
-        let mut agent = netns.start_agent(FLAGS);
+        let mut agent = Daemon::start_in(&netns, FLAGS);
         let admin = agent.admin_addr();
         CutFarm {
             netns,

@@ -44,6 +44,14 @@ impl Daemon {
         Daemon::spawn_via(&[], args, env)
     }
 
+    /// Starts the binary inside `netns`, listening on the namespace's side of its link,
+    /// with `flags`.
+    pub fn start_in(netns: &super::netns::Netns, flags: &[&str]) -> Daemon {
+        let args = netns.agent_args(flags);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Daemon::start_via(&netns.exec(), &args, &[])
+    }
+
     /// Starts the binary under `wrapper` (e.g. `ip netns exec NS`, which execs it) with
     /// exactly `args`, and waits for its `agent listening` line.
     pub fn start_via(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Daemon {

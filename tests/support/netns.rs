@@ -224,22 +224,25 @@ impl Netns {
         ]);
     }
 
-    /// The agent binary run inside the namespace, listening (agent port and admin) on the
-    /// namespace's side of the link, with `flags`.
-    pub fn start_agent(&self, flags: &[&str]) -> super::daemon::Daemon {
+    /// The command line of an agent run inside the namespace (with [`Netns::exec`]),
+    /// listening (agent port and admin) on the namespace's side of the link, with `flags`.
+    pub fn agent_args(&self, flags: &[&str]) -> Vec<String> {
         let inside = self.inside_v4().to_string();
-        let mut args = vec![
+        let listen = [
             "--server-bind",
-            inside.as_str(),
+            &inside,
             "--server-port",
             "0",
             "--metrics-bind",
-            inside.as_str(),
+            &inside,
             "--metrics-port",
             "0",
         ];
-        args.extend_from_slice(flags);
-        super::daemon::Daemon::start_via(&self.exec(), &args, &[])
+        listen
+            .iter()
+            .chain(flags)
+            .map(|word| word.to_string())
+            .collect()
     }
 
     /// Writes `/etc/netns/NAME/FILE` (`hosts`, `resolv.conf`), in place: a process already
