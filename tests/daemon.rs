@@ -56,6 +56,24 @@ async fn bad_flag_values_exit_64_and_name_the_flag() {
         (&["--log-format", "xml"][..], "--log-format"),
         (&["--log-level", "loud=="][..], "--log-level"),
         (&["--no-such-flag"][..], "--no-such-flag"),
+        // A number past what the agent can hold is refused before anything starts (it
+        // used to pass --check-config and leave a dead agent port behind readiness).
+        (
+            &[
+                "--check-config",
+                "--max-connections",
+                "18446744073709551615",
+            ][..],
+            "--max-connections",
+        ),
+        (
+            &["--max-targets", "18446744073709551615"][..],
+            "--max-targets",
+        ),
+        (
+            &["--check-config", "--idle-ttl", "400000d"][..],
+            "--idle-ttl",
+        ),
     ];
     for (args, flag) in table {
         let output = run(args, &[]).await;

@@ -34,6 +34,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| "too long a duration".to_string())
 }
 
+/// The longest duration any setting takes. Far longer than any timing means, and short
+/// enough that every sum and multiple the agent makes of its timings (deadlines, the
+/// derived `stale_after`, moka's idle TTL bound of 1000 years) stays representable: a
+/// setting past it is refused at load, never a panic after start.
+pub(super) const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
+
 pub(super) fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     parse_duration_at_least(text, Duration::from_micros(1))
 }
@@ -46,6 +52,9 @@ pub(super) fn parse_duration_at_least(text: &str, floor: Duration) -> Result<Dur
         } else {
             format!("must be at least {floor:?}")
         });
+    }
+    if duration > MAX_DURATION {
+        return Err("too long; use at most 365d".to_string());
     }
     Ok(duration)
 }

@@ -165,7 +165,8 @@ impl Checker<'_> {
         AgentValues {
             bind: self.get(key::SERVER_BIND, parse_ip),
             port: self.get(key::SERVER_PORT, parse_port),
-            max_connections: self.get(key::MAX_CONNECTIONS, |t| parse_count(t, 1, usize::MAX)),
+            // Each connection holds a file descriptor: a million is past any fd limit.
+            max_connections: self.get(key::MAX_CONNECTIONS, |t| parse_count(t, 1, 1_000_000)),
             max_line: self.get(key::MAX_LINE, |t| parse_count(t, 16, 65536)),
             read_deadline: self.get(key::READ_DEADLINE, parse_positive_duration),
             sources: self
@@ -242,7 +243,7 @@ impl Checker<'_> {
             fall: self.get(key::FALL, |t| parse_count(t, 1, 1000)),
             miss_timeout: self.get(key::MISS_TIMEOUT, parse_positive_duration),
             idle_ttl: self.get(key::IDLE_TTL, parse_positive_duration),
-            max_targets: self.get(key::MAX_TARGETS, |t| parse_count(t, 1, usize::MAX)),
+            max_targets: self.get(key::MAX_TARGETS, |t| parse_count(t, 1, 100_000_000)),
             stale_after: self.get(key::STALE_AFTER, parse_positive_duration),
             max_probes_in_flight: self
                 .get(key::MAX_PROBES_IN_FLIGHT, |t| parse_count(t, 1, 1_000_000)),

@@ -378,7 +378,31 @@ fn every_validation_rule_names_setting_layer_value_and_fix() {
             &["--max-connections", "0"],
             None,
             &[],
-            "max_connections = \"0\" (from flag --max-connections): out of range; use a whole number of at least 1",
+            "max_connections = \"0\" (from flag --max-connections): out of range; use a whole number from 1 to 1000000",
+        ),
+        (
+            &["--max-connections", "18446744073709551615"],
+            None,
+            &[],
+            "max_connections = \"18446744073709551615\" (from flag --max-connections): out of range; use a whole number from 1 to 1000000",
+        ),
+        (
+            &["--max-targets", "18446744073709551615"],
+            None,
+            &[],
+            "max_targets = \"18446744073709551615\" (from flag --max-targets): out of range; use a whole number from 1 to 100000000",
+        ),
+        (
+            &["--idle-ttl", "400000d"],
+            None,
+            &[],
+            "idle_ttl = \"400000d\" (from flag --idle-ttl): too long; use at most 365d",
+        ),
+        (
+            &["--check-interval", "366d"],
+            None,
+            &[],
+            "check_interval = \"366d\" (from flag --check-interval): too long; use at most 365d",
         ),
         (
             &["--max-line", "8"],
