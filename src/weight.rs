@@ -59,15 +59,21 @@ impl LoadReport {
         }
     }
 
-    /// The utilization with errors counted as load: `+ penalty × eps / rps`.
+    /// The utilization with errors counted as load: `+ penalty × eps / rps`; `None` when
+    /// the report gives no utilization, or numbers whose sum is not finite (a subnormal
+    /// `rps_fractional` makes `eps / rps` infinite): such a report is not acted on, so a
+    /// backend cannot make a weight NaN.
     pub fn effective_utilization(&self, error_penalty: f64) -> Option<f64> {
         let (utilization, _) = self.utilization()?;
-        let errors = if self.rps_fractional > 0.0 && self.eps.is_finite() && self.eps > 0.0 {
-            self.eps / self.rps_fractional * error_penalty
-        } else {
-            0.0
-        };
-        Some(utilization + errors)
+        let effective = utilization + self.error_rate().unwrap_or(0.0) * error_penalty;
+        effective.is_finite().then_some(effective)
+    }
+
+    /// `eps / rps`, when both are positive and finite.
+    fn error_rate(&self) -> Option<f64> {
+        let positive = |value: f64| value.is_finite() && value > 0.0;
+        (positive(self.rps_fractional) && positive(self.eps))
+            .then(|| self.eps / self.rps_fractional)
     }
 
     /// The few words the reply's reason gets: `cpu 0.82`, `app 0.40`, and the error rate
@@ -79,8 +85,12 @@ impl LoadReport {
             Source::Cpu => "cpu",
         };
         let mut words = format!("{name} {utilization:.2}");
-        if self.rps_fractional > 0.0 && self.eps > 0.0 {
-            words.push_str(&format!(" err {:.2}", self.eps / self.rps_fractional));
+        if let Some(rate) = self.error_rate() {
+            if !rate.is_finite() {
+                words.push_str(" (ignored: error rate not finite)");
+                return Some(words);
+            }
+            words.push_str(&format!(" err {rate:.2}"));
         }
         Some(words)
     }
@@ -171,6 +181,12 @@ impl Weighting {
                 smoothed + (effective - smoothed) * alpha
             }
             _ => effective,
+        };
+        // Finite inputs keep the average finite; this is the guard that it stays so.
+        let smoothed = if smoothed.is_finite() {
+            smoothed
+        } else {
+            effective
         };
         self.smoothed = Some(smoothed);
         // In the blackout the weight stays at 100 %; the average still learns.

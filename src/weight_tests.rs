@@ -202,3 +202,34 @@ fn headroom_bounds() {
     );
     assert_eq!(headroom(f64::NAN, 10), 10);
 }
+
+#[test]
+fn a_report_whose_numbers_overflow_is_ignored_and_the_weight_stays_finite() {
+    // A subnormal rps makes eps / rps infinite: the report is not acted on, and the
+    // average does not become NaN for the reports after it.
+    let overflowing = LoadReport {
+        cpu_utilization: 0.5,
+        rps_fractional: 1e-320,
+        eps: 1.0,
+        ..LoadReport::default()
+    };
+    assert_eq!(overflowing.effective_utilization(1.0), None);
+    assert_eq!(
+        overflowing.describe().as_deref(),
+        Some("cpu 0.50 (ignored: error rate not finite)")
+    );
+    let smoothed = WeightConfig {
+        smoothing: Duration::from_secs(10),
+        ..direct()
+    };
+    check(
+        &smoothed,
+        &[
+            (0.0, cpu(0.5)),
+            (1.0, overflowing),
+            (2.0, overflowing),
+            (3.0, cpu(0.5)),
+        ],
+        &[50, 50, 50, 50],
+    );
+}
