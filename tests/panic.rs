@@ -15,23 +15,11 @@ use support::backend::{HealthBackend, Wire};
 use support::daemon::Daemon;
 use support::haproxy::{Farm, Haproxy, RemoteServer};
 use support::http::{self, EventStream};
-use support::netns::Netns;
+use support::netns::{CUT_FLAGS, Netns};
 use support::*;
 use tokio::time::Instant;
 
-/// Timings short enough for a test, in the defaults' proportions: a dead connection is
-/// found within the liveness interval plus the RPC timeout, and fall 3 takes two
-/// intervals more.
-const FLAGS: &[&str] = &[
-    "--check-interval",
-    "1s",
-    "--liveness-interval",
-    "2s",
-    "--grpc-connect-timeout",
-    "500ms",
-    "--grpc-rpc-timeout",
-    "500ms",
-];
+/// `CUT_FLAGS`' check interval.
 const INTERVAL: Duration = Duration::from_secs(1);
 const WITHIN: Duration = Duration::from_secs(30);
 
@@ -66,7 +54,7 @@ impl CutFarm {
             addresses.push(address);
             backends.push(backend);
         }
-        let mut agent = Daemon::start_in(&netns, FLAGS);
+        let mut agent = Daemon::start_in(&netns, CUT_FLAGS);
         let admin = agent.admin_addr();
         CutFarm {
             netns,
@@ -264,7 +252,7 @@ async fn a_whole_farm_saying_not_serving_reads_down() {
         lines.push(format!("127.0.0.1 {} no-ssl api.test", backend.port()));
         backends.push(backend);
     }
-    let agent = start_agent(FLAGS).await;
+    let agent = start_agent(CUT_FLAGS).await;
     for line in &lines {
         reply_becomes(agent.addr, line, "up #SERVING", WITHIN).await;
     }

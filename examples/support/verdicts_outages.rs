@@ -12,23 +12,11 @@ use tokio::time::Instant;
 use crate::agent_process::AgentProcess;
 use crate::asker::{Asker, Tally};
 use crate::backend::HealthBackend;
-use crate::netns::{IP, Netns};
+use crate::netns::{CUT_FLAGS, IP, Netns};
 use crate::{base_flags, farm, free_port, label, load, secs, spawn, stop, until_watched};
 
 /// Backends' addresses on the test's side of the namespace's link.
 const CUT_ADDRESSES: u8 = 10;
-
-/// Flags that find a dead connection within a few seconds, for old and new alike.
-const CUT_FLAGS: &[&str] = &[
-    "--check-interval",
-    "1s",
-    "--liveness-interval",
-    "2s",
-    "--grpc-connect-timeout",
-    "500ms",
-    "--grpc-rpc-timeout",
-    "500ms",
-];
 
 /// The agent inside a namespace, its backends on ten addresses outside, asked every
 /// 500 ms; every address cut for `cut_for`, then healed.

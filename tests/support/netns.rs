@@ -20,6 +20,20 @@ use super::AbortOnDrop;
 /// iproute2's `ip`, where Debian puts it.
 pub const IP: &str = "/usr/sbin/ip";
 
+/// Agent flags that find a dead connection within a few seconds (the liveness interval
+/// plus the RPC timeout) and count fall 3 in two more, in the defaults' proportions: what
+/// the cut tests and the cut benchmark run the agent with.
+pub const CUT_FLAGS: &[&str] = &[
+    "--check-interval",
+    "1s",
+    "--liveness-interval",
+    "2s",
+    "--grpc-connect-timeout",
+    "500ms",
+    "--grpc-rpc-timeout",
+    "500ms",
+];
+
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// One namespace and its link. On the link's /24 (in 198.18.0.0/15, kept for benchmarks)
