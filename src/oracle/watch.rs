@@ -87,7 +87,9 @@ impl WatchPlan {
                 tracing::debug!(target_line = %target, %error, "watch stream ended; polling until it is open again");
                 self.back_off(session.opened);
             }
-            Ended::NoSlot => self.back_off(false),
+            // Nothing failed: the agent was busy. Try again soon, without growing the
+            // backoff a failing stream earns.
+            Ended::NoSlot => self.retry_at = Instant::now() + WATCH_BACKOFF_MIN,
             Ended::CheckFailed(error) => {
                 tracing::debug!(target_line = %target, %error, "check failed while watched; polling until a check answers");
                 self.back_off(session.opened);
